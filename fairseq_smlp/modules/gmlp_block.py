@@ -1,0 +1,22 @@
+"""The gMLP block: ``x + V(SGU(GELU(U LN(x))))``."""
+
+import torch
+import torch.nn.functional as F
+from fairseq.modules import FairseqDropout
+from torch import nn
+
+from .spatial_gating import SpatialGatingUnit
+
+
+class GmlpBlock(nn.Module):
+    def __init__(self, embed_dim: int, ffn_dim: int, max_positions: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim)
+        self.proj_in = nn.Linear(embed_dim, ffn_dim)  # U
+        self.sgu = SpatialGatingUnit(ffn_dim, max_positions)
+        self.proj_out = nn.Linear(ffn_dim // 2, embed_dim)  # V
+        self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(self.proj_in(self.norm(x)))  # (B, L, ffn_dim)
+        return x + self.dropout(self.proj_out(self.sgu(hidden)))

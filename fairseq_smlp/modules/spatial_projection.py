@@ -1,0 +1,44 @@
+"""Causal position-mixing maps: the (T x T) linear layers that replace attention in gMLP."""
+
+import torch
+from torch import nn
+
+# gMLP (Liu et al. 2021) initialises the spatial weights "near zero" and the bias to one, so a
+# fresh spatial gating unit is close to the identity; lucidrains/g-mlp-pytorch draws the weights
+# from U(-eps, eps) with eps = 1e-3 / T, which we follow.
+SPATIAL_INIT_EPS = 1e-3
+
+
+class CausalSpatialProjection(nn.Module):
+    """G independent causal spatial maps, one per group of channels.
+
+    For an input ``x`` of shape (B, L, G, C) with L <= T the output is
+
+        y[b, t, g, c] = sum_{s <= t} W[g, t, s] * x[b, s, g, c] + bias[g, t]
+
+    so position t only ever reads positions s <= t. A sequence shorter than T uses the top-left
+    (L x L) block of each map, which gives the same outputs as the same prefix inside a longer
+    sequence.
+
+    With G = 1 this is the spatial projection of a gMLP spatial gating unit; with G = E it is E
+    experts, each owning one group of channels (deterministic sMoE).
+    """
+
+    def __init__(self, num_maps: int, max_positions: int):
+        super().__init__()
+        self.num_maps = num_maps
+        self.max_positions = max_positions
+        eps = SPATIAL_INIT_EPS / max_positions
+        weight = torch.empty(num_maps, max_positions, max_positions).uniform_(-eps, eps)
+        self.weight = nn.Parameter(torch.tril(weight))
+        self.bias = nn.Parameter(torch.ones(num_maps, max_positions))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.size(1)
+        # The causal mask: entries above the diagonal (s > t) never contribute.
+        weight = torch.tril(self.weight[:, :length, :length])  # (G, L, L)
+        bias = self.bias[:, :length].t().unsqueeze(-1)  # (L, G, 1)
+        return torch.einsum("gts,bsgc->btgc", weight, x) + bias  # (B, L, G, C)
+
+    def extra_repr(self) -> str:
+        return f"num_maps={self.num_maps}, max_positions={self.max_positions}"
