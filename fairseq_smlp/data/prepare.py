@@ -1,0 +1,117 @@
+"""Split a corpus into train / valid / test, train a sentencepiece model on train and encode all
+three splits as space-separated pieces, ready for ``fairseq-preprocess --only-source``.
+
+Used by examples/prepare_data.sh; run ``python -m fairseq_smlp.data.prepare --help``.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Dict, List
+
+import sentencepiece as spm
+
+from .documents import (
+    SPLIT_FILES,
+    Document,
+    paragraphs,
+    sotu_documents,
+    split_documents,
+    text_dir_documents,
+)
+
+logger = logging.getLogger("fairseq_smlp.data.prepare")
+
+
+def load_splits(text_dir: Path, max_documents: int) -> Dict[str, List[Document]]:
+    if text_dir is not None and all((text_dir / name).is_file() for name in SPLIT_FILES):
+        return {
+            name[: -len(".txt")]: [(name, (text_dir / name).read_text(encoding="utf-8"))]
+            for name in SPLIT_FILES
+        }
+    documents = sotu_documents() if text_dir is None else text_dir_documents(text_dir)
+    if max_documents > 0:
+        documents = documents[:max_documents]
+    return split_documents(documents)
+
+
+def write_raw(documents: List[Document], path: Path) -> None:
+    """One paragraph a line and an empty line after each document, so that fairseq's
+    ``--sample-break-mode complete_doc`` sees the document boundaries."""
+    with path.open("w", encoding="utf-8") as out:
+        for _, text in documents:
+            for paragraph in paragraphs(text):
+                out.write(paragraph + "\n")
+            out.write("\n")
+
+
+def train_sentencepiece(train_file: Path, model_prefix: Path, vocab_size: int) -> None:
+    spm.SentencePieceTrainer.train(
+        input=str(train_file),
+        model_prefix=str(model_prefix),
+        vocab_size=vocab_size,
+        character_coverage=1.0,
+        max_sentence_length=1 << 16,  # transcripts hold paragraphs of several thousand bytes
+        num_threads=2,
+        minloglevel=2,
+    )
+
+
+def encode(processor: spm.SentencePieceProcessor, source: Path, target: Path) -> int:
+    count = 0
+    with source.open(encoding="utf-8") as lines, target.open("w", encoding="utf-8") as out:
+        for line in lines:
+            pieces = processor.encode(line.rstrip("\n"), out_type=str)
+            count += len(pieces)
+            out.write(" ".join(pieces) + "\n")
+    return count
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dest", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--text-dir",
+        type=Path,
+        help="your own corpus instead of the bundled one: a directory holding train.txt, "
+        "valid.txt and test.txt, or else any *.txt files, one document each, split by document",
+    )
+    parser.add_argument(
+        "--vocab-size", type=int, default=4096, help="sentencepiece vocabulary size"
+    )
+    parser.add_argument(
+        "--max-documents",
+        type=int,
+        default=0,
+        help="keep only the first N documents in name order before splitting (0: all)",
+    )
+    args = parser.parse_args(argv)
+    if args.vocab_size < 16:
+        parser.error(f"--vocab-size must be at least 16; got {args.vocab_size}")
+    return args
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        level=logging.INFO)
+    args = parse_args(argv)
+    splits = load_splits(args.text_dir, args.max_documents)
+    raw_dir, encoded_dir = args.dest / "raw", args.dest / "encoded"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    encoded_dir.mkdir(parents=True, exist_ok=True)
+    for split, documents in splits.items():
+        write_raw(documents, raw_dir / f"{split}.txt")
+
+    model_prefix = args.dest / "spm"
+    train_sentencepiece(raw_dir / "train.txt", model_prefix, args.vocab_size)
+    processor = spm.SentencePieceProcessor(model_file=f"{model_prefix}.model")
+    for split, documents in splits.items():
+        pieces = encode(processor, raw_dir / f"{split}.txt", encoded_dir / f"{split}.txt")
+        words = sum(len(text.split()) for _, text in documents)
+        logger.info(
+            f"{split}: {len(documents)} documents, {words} words, {pieces} sentencepiece tokens"
+        )
+
+
+if __name__ == "__main__":
+    main()
