@@ -7,7 +7,8 @@ setup(
     packages=find_packages(include=["fairseq_smlp", "fairseq_smlp.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch==2.13.0",
+        # Any torch build works: the README pins the CPU wheel, CUDA users bring their own.
+        "torch>=2.0",
         "ve-fairseq==0.12.3",
         "fairscale==0.4.13",
         "sentencepiece==0.2.3",

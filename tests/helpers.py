@@ -1,0 +1,42 @@
+"""Shared test helpers: build registered models without a data directory."""
+
+import argparse
+from types import SimpleNamespace
+
+import torch
+from fairseq.data import Dictionary
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+
+import fairseq_smlp  # noqa: F401  (registers the models)
+
+
+def make_dictionary(num_words: int) -> Dictionary:
+    dictionary = Dictionary()
+    for index in range(num_words):
+        dictionary.add_symbol(f"w{index}")
+    return dictionary
+
+
+def build_model(arch: str, num_words: int = 40, tokens_per_sample: int = 16, **overrides):
+    """Build ``arch`` as fairseq-train would: the arch function fills what is not overridden."""
+    args = argparse.Namespace(
+        arch=arch, tokens_per_sample=tokens_per_sample, max_target_positions=None, **overrides
+    )
+    ARCH_CONFIG_REGISTRY[arch](args)
+    model_class = ARCH_MODEL_REGISTRY[arch]
+    for name, value in vars(model_class.__dataclass()).items():
+        if not hasattr(args, name) and not str(value).startswith("${"):
+            setattr(args, name, value)
+    dictionary = make_dictionary(num_words)
+    task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
+    return model_class.build_model(args, task)
+
+
+def randomize_spatial_weights(model: torch.nn.Module, scale: float = 0.5) -> None:
+    """Replace the near-identity init of every spatial map, upper triangle included, with large
+    random values, so that position mixing (and any leak of the future) is visible."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("proj.weight") and parameter.dim() == 3:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)

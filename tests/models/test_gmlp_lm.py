@@ -1,0 +1,87 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+from fairseq.models import ARCH_MODEL_REGISTRY
+from helpers import build_model, make_dictionary, randomize_spatial_weights
+
+from fairseq_smlp.models.gmlp_lm import GmlpLanguageModel
+
+
+def test_registry_has_the_archs():
+    assert ARCH_MODEL_REGISTRY["gmlp_lm"] is GmlpLanguageModel
+    assert ARCH_MODEL_REGISTRY["gmlp_lm_tiny"] is GmlpLanguageModel
+
+
+def test_default_arch_is_the_paper_main_size():
+    model = build_model("gmlp_lm", num_words=10, tokens_per_sample=8)
+    decoder = model.decoder
+    assert decoder.embed_tokens.embedding_dim == 1024
+    assert decoder.blocks[0].proj_in.out_features == 4096
+    assert len(decoder.blocks) == 24
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_causal_in_eval_mode(share):
+    """Changing tokens at positions >= t never changes the logits at positions < t."""
+    torch.manual_seed(0)
+    model = build_model(
+        "gmlp_lm_tiny", tokens_per_sample=16, decoder_layers=2,
+        share_decoder_input_output_embed=share,
+    )
+    randomize_spatial_weights(model)
+    model.eval()
+    tokens = torch.randint(4, 40, (2, 16))
+    logits = model(tokens)[0]
+    for t in [0, 1, 5, 11, 15]:
+        perturbed = tokens.clone()
+        perturbed[:, t:] = torch.randint(4, 40, perturbed[:, t:].shape)
+        perturbed[:, t] = (tokens[:, t] - 3) % 36 + 4  # surely different at t
+        changed = model(perturbed)[0]
+        torch.testing.assert_close(changed[:, :t], logits[:, :t], rtol=0, atol=1e-5)
+        # Not vacuous: the perturbed positions do see the change.
+        assert not torch.allclose(changed[:, t], logits[:, t], atol=1e-3)
+
+
+def test_shorter_input_gives_the_prefix_of_the_longer_one():
+    torch.manual_seed(0)
+    model = build_model("gmlp_lm_tiny", tokens_per_sample=16, decoder_layers=2)
+    randomize_spatial_weights(model)
+    model.eval()
+    tokens = torch.randint(4, 40, (2, 16))
+    torch.testing.assert_close(model(tokens[:, :9])[0], model(tokens)[0][:, :9], atol=1e-5,
+                               rtol=0)
+
+
+def test_overlong_input_names_the_limit():
+    model = build_model("gmlp_lm_tiny", tokens_per_sample=16, decoder_layers=1)
+    with pytest.raises(ValueError, match="the input is 17 tokens but this model's context is 16"):
+        model(torch.randint(4, 40, (1, 17)))
+
+
+def test_task_asking_for_longer_samples_than_the_context_is_an_error():
+    dictionary = make_dictionary(10)
+    task = SimpleNamespace(
+        target_dictionary=dictionary, args=SimpleNamespace(tokens_per_sample=32)
+    )
+    args = SimpleNamespace(
+        tokens_per_sample=16, max_target_positions=None, decoder_embed_dim=8,
+        decoder_ffn_embed_dim=16, decoder_layers=1, dropout=0.0,
+        share_decoder_input_output_embed=True,
+    )
+    with pytest.raises(ValueError, match="--tokens-per-sample is 32 tokens but this model's "
+                                         "context is 16 tokens"):
+        GmlpLanguageModel.build_model(args, task)
+
+
+def test_odd_ffn_dim_names_the_flag():
+    with pytest.raises(ValueError, match="--decoder-ffn-embed-dim must be even.*got 129"):
+        build_model("gmlp_lm_tiny", decoder_ffn_embed_dim=129)
+
+
+def test_gradients_reach_every_parameter():
+    model = build_model("gmlp_lm_tiny", tokens_per_sample=8, decoder_layers=2)
+    logits = model(torch.randint(4, 40, (2, 8)))[0]
+    logits.logsumexp(-1).sum().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not missing
