@@ -8,6 +8,7 @@ from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
 import fairseq_smlp  # noqa: F401  (registers the models)
+from fairseq_smlp.modules.spatial_projection import CausalSpatialProjection
 
 
 def make_dictionary(num_words: int) -> Dictionary:
@@ -17,8 +18,12 @@ def make_dictionary(num_words: int) -> Dictionary:
     return dictionary
 
 
-def build_model(arch: str, num_words: int = 40, tokens_per_sample: int = 16, **overrides):
-    """Build ``arch`` as fairseq-train would: the arch function fills what is not overridden."""
+def build_model(
+    arch: str, num_words: int = 40, tokens_per_sample: int = 16, prediction_fraction=None,
+    **overrides,
+):
+    """Build ``arch`` as fairseq-train would: the arch function fills what is not overridden.
+    With ``prediction_fraction`` the task is a partial_prediction_lm one."""
     args = argparse.Namespace(
         arch=arch, tokens_per_sample=tokens_per_sample, max_target_positions=None, **overrides
     )
@@ -29,6 +34,10 @@ def build_model(arch: str, num_words: int = 40, tokens_per_sample: int = 16, **o
             setattr(args, name, value)
     dictionary = make_dictionary(num_words)
     task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
+    if prediction_fraction is not None:
+        task.args = SimpleNamespace(
+            tokens_per_sample=tokens_per_sample, prediction_fraction=prediction_fraction
+        )
     return model_class.build_model(args, task)
 
 
@@ -37,6 +46,7 @@ def randomize_spatial_weights(model: torch.nn.Module, scale: float = 0.5) -> Non
     random values, so that position mixing (and any leak of the future) is visible."""
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("proj.weight") and parameter.dim() == 3:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+        for module in model.modules():
+            if isinstance(module, CausalSpatialProjection):
+                weight = module.weight
+                weight.copy_(torch.randn(weight.shape, generator=generator) * scale)

@@ -9,11 +9,13 @@ from .spatial_gating import SpatialGatingUnit
 
 
 class GmlpBlock(nn.Module):
-    def __init__(self, embed_dim: int, ffn_dim: int, max_positions: int, dropout: float):
+    """``mixer`` is the spatial gating unit's token mixer over ``ffn_dim // 2`` channels."""
+
+    def __init__(self, embed_dim: int, ffn_dim: int, mixer: nn.Module, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(embed_dim)
         self.proj_in = nn.Linear(embed_dim, ffn_dim)  # U
-        self.sgu = SpatialGatingUnit(ffn_dim, max_positions)
+        self.sgu = SpatialGatingUnit(ffn_dim, mixer)
         self.proj_out = nn.Linear(ffn_dim // 2, embed_dim)  # V
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
 

@@ -1,18 +1,18 @@
-"""gMLP's spatial gating unit with a causal spatial projection."""
+"""gMLP's spatial gating unit, with the spatial projection as a pluggable token mixer."""
 
 import torch
 from torch import nn
 
-from .spatial_projection import CausalSpatialProjection
-
 
 class SpatialGatingUnit(nn.Module):
-    """Split the channels into halves (z1, z2) and return ``z1 * (W LN(z2) + b)``.
+    """Split the channels into halves (z1, z2) and return ``z1 * mixer(LN(z2))``.
 
-    ``dim`` is the width of the input; the output is ``dim // 2`` wide.
+    ``dim`` is the width of the input; the output is ``dim // 2`` wide. ``mixer`` maps
+    (B, L, dim // 2) to the same shape along positions: one causal (T x T) projection in gMLP
+    (``W LN(z2) + b``), a feature-routing mixture of such projections (sMoE) in sMLP.
     """
 
-    def __init__(self, dim: int, max_positions: int):
+    def __init__(self, dim: int, mixer: nn.Module):
         super().__init__()
         if dim % 2 != 0:
             raise ValueError(
@@ -20,9 +20,8 @@ class SpatialGatingUnit(nn.Module):
                 f"even; got {dim}"
             )
         self.norm = nn.LayerNorm(dim // 2)
-        self.proj = CausalSpatialProjection(1, max_positions)
+        self.mixer = mixer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z1, z2 = x.chunk(2, dim=-1)  # (B, L, D/2) each
-        gate = self.proj(self.norm(z2).unsqueeze(2)).squeeze(2)  # (B, L, 1, D/2) -> (B, L, D/2)
-        return z1 * gate
+        return z1 * self.mixer(self.norm(z2))

@@ -10,9 +10,9 @@ SPATIAL_INIT_EPS = 1e-3
 
 
 class CausalSpatialProjection(nn.Module):
-    """G independent causal spatial maps, one per group of channels.
+    """G independent causal spatial maps, one per contiguous chunk of the channels.
 
-    For an input ``x`` of shape (B, L, G, C) with L <= T the output is
+    The input (B, L, H) is read as (B, L, G, C) with H = G * C; for L <= T the output is
 
         y[b, t, g, c] = sum_{s <= t} W[g, t, s] * x[b, s, g, c] + bias[g, t]
 
@@ -21,7 +21,7 @@ class CausalSpatialProjection(nn.Module):
     sequence.
 
     With G = 1 this is the spatial projection of a gMLP spatial gating unit; with G = E it is E
-    experts, each owning one group of channels (deterministic sMoE).
+    experts, chunk e going to expert e (deterministic sMoE), at the cost of one (G = 1) map.
     """
 
     def __init__(self, num_maps: int, max_positions: int):
@@ -34,11 +34,13 @@ class CausalSpatialProjection(nn.Module):
         self.bias = nn.Parameter(torch.ones(num_maps, max_positions))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.size(1)
+        batch, length, width = x.shape
+        chunks = x.view(batch, length, self.num_maps, width // self.num_maps)  # (B, L, G, C)
         # The causal mask: entries above the diagonal (s > t) never contribute.
         weight = torch.tril(self.weight[:, :length, :length])  # (G, L, L)
         bias = self.bias[:, :length].t().unsqueeze(-1)  # (L, G, 1)
-        return torch.einsum("gts,bsgc->btgc", weight, x) + bias  # (B, L, G, C)
+        mixed = torch.einsum("gts,bsgc->btgc", weight, chunks) + bias  # (B, L, G, C)
+        return mixed.reshape(batch, length, width)
 
     def extra_repr(self) -> str:
         return f"num_maps={self.num_maps}, max_positions={self.max_positions}"
