@@ -1,0 +1,72 @@
+"""sMoE: feature (hidden-dimension) routing, the token mixer of sMLP's sparse blocks.
+
+The (B, L, H) input is seen as H feature columns, each a length-L vector over positions. Every
+column goes to one of E experts, and an expert is a causal (T x T) spatial projection with its own
+weights and bias, like a gMLP spatial gating unit. Outputs go back to their columns. Compute per
+token is that of one spatial projection; parameters grow E-fold.
+"""
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .balanced_assignment import balanced_assignment
+from .expert_load import load_cv
+from .spatial_projection import CausalSpatialProjection
+
+
+def check_divisible(width: int, num_experts: int) -> None:
+    if num_experts < 1 or width % num_experts != 0:
+        raise ValueError(
+            f"--smoe-expert-count {num_experts} must be at least 1 and divide the sMoE width "
+            f"{width} (half of --decoder-ffn-embed-dim) so that every expert gets the same "
+            f"number of feature columns"
+        )
+
+
+class DeterministicSMoE(CausalSpatialProjection):
+    """Deterministic routing: column chunk e goes to expert e, no gate. A function of nothing but
+    the column's index, so it leaks nothing; the same as a spatial projection with E maps."""
+
+    def __init__(self, width: int, num_experts: int, max_positions: int):
+        check_divisible(width, num_experts)
+        super().__init__(num_experts, max_positions)
+
+
+class PartialPredictionSMoE(nn.Module):
+    """Partial-prediction routing: the gate W_r scores each column from its values on the first
+    ``context_positions`` positions only, columns are assigned to experts with balanced load
+    (every expert gets H / E columns, as in BASE layers), and the sigmoid of the chosen expert's
+    score scales that column's output so that W_r is trained. The same rule is used in training
+    and inference. Since routing reads only the context positions, every prediction from
+    position ``context_positions`` on depends on its past alone.
+    """
+
+    stats_name = "smoe"
+
+    def __init__(self, width: int, num_experts: int, max_positions: int, context_positions: int):
+        super().__init__()
+        check_divisible(width, num_experts)
+        self.num_experts = num_experts
+        self.context_positions = context_positions
+        self.router = nn.Linear(context_positions, num_experts, bias=False)  # W_r
+        self.experts = CausalSpatialProjection(num_experts, max_positions)
+        self.last_assignment = None
+        self.stats: Dict[str, torch.Tensor] = {}
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch, length, width = z.shape
+        context = z[:, : self.context_positions].transpose(1, 2)  # (B, H, min(L, P))
+        context = F.pad(context, (0, self.context_positions - context.size(2)))  # (B, H, P)
+        scores = self.router(context)  # (B, H, E)
+        expert = balanced_assignment(scores)  # (B, H)
+        order = expert.argsort(dim=1, stable=True)  # (B, H): columns of expert 0 first, ...
+        index = order.unsqueeze(1).expand(batch, length, width)  # (B, L, H)
+        routed = self.experts(z.gather(2, index))  # (B, L, H), chunk e = expert e's columns
+        gate = torch.sigmoid(scores.gather(2, expert.unsqueeze(-1)).squeeze(-1))  # (B, H)
+        routed = routed * gate.gather(1, order).unsqueeze(1)
+        self.last_assignment = expert.detach()
+        self.stats = {"greedy_load_cv": load_cv(scores.detach().argmax(-1), self.num_experts)}
+        return torch.empty_like(routed).scatter_(2, index, routed)  # back to column order
