@@ -4,4 +4,4 @@ Load with ``fairseq-train --user-dir <path to this package>``; importing the pac
 its models, criterions and tasks with fairseq.
 """
 
-from . import models  # noqa: F401
+from . import criterions, models, tasks  # noqa: F401

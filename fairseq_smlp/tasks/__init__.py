@@ -1,0 +1,1 @@
+from . import partial_prediction_lm  # noqa: F401  (registers the task)

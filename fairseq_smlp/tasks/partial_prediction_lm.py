@@ -1,0 +1,46 @@
+"""partial_prediction_lm: language modelling that scores only the trailing share of each sequence.
+
+Everything fairseq computes from a batch's targets follows: training and validation losses,
+``ntokens``, and the perplexity of fairseq-eval-lm, which reads ``start_indices``.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+from fairseq.tasks import register_task
+from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
+
+from ..data.partial_target_dataset import PartialTargetDataset
+from ..partial_prediction import DEFAULT_PREDICTION_FRACTION, context_length
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PartialPredictionLMConfig(LanguageModelingConfig):
+    prediction_fraction: float = field(
+        default=DEFAULT_PREDICTION_FRACTION,
+        metadata={
+            "help": "share of each --tokens-per-sample block that is predicted and scored; the "
+            "leading rest is context only (smlp_partial routes on it)"
+        },
+    )
+
+
+@register_task("partial_prediction_lm", dataclass=PartialPredictionLMConfig)
+class PartialPredictionLMTask(LanguageModelingTask):
+    def __init__(self, args, dictionary, output_dictionary=None, targets=None):
+        super().__init__(args, dictionary, output_dictionary, targets=targets)
+        self.context = context_length(args.tokens_per_sample, args.prediction_fraction)
+
+    def load_dataset(self, split: str, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        self.datasets[split] = PartialTargetDataset(
+            self.datasets[split], self.context, self.source_dictionary.pad()
+        )
+        logger.info(
+            f"partial prediction on '{split}': positions {self.context} to "
+            f"{self.args.tokens_per_sample - 1} of every {self.args.tokens_per_sample}-token "
+            f"block are scored (--prediction-fraction {self.args.prediction_fraction}); losses, "
+            f"token counts and perplexities cover those positions only"
+        )
