@@ -1,1 +1,1 @@
-from . import gmlp_lm  # noqa: F401  (registers the gmlp_lm model and its architectures)
+from . import gmlp_lm, smlp  # noqa: F401  (register the models and their architectures)

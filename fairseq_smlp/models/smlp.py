@@ -1,0 +1,145 @@
+"""smlp: the sparse all-MLP language model (Yu et al. 2022).
+
+N1 dense gMLP blocks and N2 sparse blocks (sMoE token mixing + tMoE channel mixing), the sparse
+ones spread evenly through the stack. Two routing strategies for the sMoE, one architecture each:
+``smlp_deterministic`` (column chunk e to expert e) and ``smlp_partial`` (a gate reading the first
+positions of each sequence, trained with --task partial_prediction_lm).
+"""
+
+from dataclasses import dataclass, field
+from typing import List
+
+from fairseq.dataclass import ChoiceEnum
+from fairseq.models import register_model, register_model_architecture
+from fairseq.utils import safe_getattr
+from torch import nn
+
+from ..modules.gmlp_block import GmlpBlock
+from ..modules.smoe import DeterministicSMoE, PartialPredictionSMoE
+from ..modules.sparse_block import SparseMlpBlock
+from ..modules.spatial_projection import CausalSpatialProjection
+from ..modules.tmoe import TokenMoE
+from ..partial_prediction import context_length
+from .all_mlp import AllMlpDecoder, resolve_context
+from .gmlp_lm import GmlpLanguageModel, GmlpLanguageModelConfig, check_even_ffn_dim, gmlp_lm_tiny
+
+SMOE_ROUTINGS = ["deterministic", "partial"]
+
+
+@dataclass
+class SmlpConfig(GmlpLanguageModelConfig):
+    sparse_layers: int = field(
+        default=12,
+        metadata={
+            "help": "number N2 of sparse blocks among the --decoder-layers (the other N1 are "
+            "dense gMLP blocks), spread evenly, the last block always sparse"
+        },
+    )
+    smoe_expert_count: int = field(
+        default=16,
+        metadata={
+            "help": "experts of each sMoE (feature routing); must divide half of "
+            "--decoder-ffn-embed-dim"
+        },
+    )
+    moe_expert_count: int = field(
+        default=16, metadata={"help": "experts of each tMoE (token routing, BASE layers)"}
+    )
+    smoe_routing: ChoiceEnum(SMOE_ROUTINGS) = field(
+        default="deterministic",
+        metadata={
+            "help": "sMoE routing: 'deterministic' (chunk e to expert e) or 'partial' (a gate "
+            "on the context positions of --task partial_prediction_lm)"
+        },
+    )
+
+
+def sparse_block_indices(num_layers: int, num_sparse: int) -> List[int]:
+    """Spread ``num_sparse`` blocks evenly over ``num_layers``, ending on the last block: 2 of 4
+    are blocks 1 and 3, 12 of 24 every other block."""
+    if not 0 <= num_sparse <= num_layers:
+        raise ValueError(
+            f"--sparse-layers must lie between 0 and --decoder-layers ({num_layers}); "
+            f"got {num_sparse}"
+        )
+    return [(k + 1) * num_layers // num_sparse - 1 for k in range(num_sparse)]
+
+
+def partial_routing_context(args, task) -> int:
+    """Context positions of smlp_partial's router, from the task's --prediction-fraction."""
+    fraction = safe_getattr(getattr(task, "args", None), "prediction_fraction", None)
+    if fraction is None:
+        raise ValueError(
+            "--smoe-routing partial (smlp_partial) routes on the leading context positions of "
+            "each sequence and must never be scored there: train and evaluate it with --task "
+            "partial_prediction_lm"
+        )
+    if task.args.tokens_per_sample != args.max_target_positions:
+        raise ValueError(
+            f"smlp_partial routes on the first positions of {args.max_target_positions}-token "
+            f"blocks and must see blocks of exactly that size: use --tokens-per-sample "
+            f"{args.max_target_positions}; got {task.args.tokens_per_sample}"
+        )
+    return context_length(args.max_target_positions, fraction)
+
+
+@register_model("smlp", dataclass=SmlpConfig)
+class SmlpLanguageModel(GmlpLanguageModel):
+    @classmethod
+    def build_model(cls, args, task):
+        check_even_ffn_dim(args)
+        max_positions = resolve_context(args, task)
+        width = args.decoder_ffn_embed_dim // 2  # channels the spatial mixers see
+        if args.smoe_routing == "partial":
+            context = partial_routing_context(args, task)
+
+            def smoe():
+                return PartialPredictionSMoE(width, args.smoe_expert_count, max_positions, context)
+
+        else:
+
+            def smoe():
+                return DeterministicSMoE(width, args.smoe_expert_count, max_positions)
+
+        sparse = set(sparse_block_indices(args.decoder_layers, args.sparse_layers))
+        blocks = nn.ModuleList()
+        for index in range(args.decoder_layers):
+            dims = (args.decoder_embed_dim, args.decoder_ffn_embed_dim)
+            if index in sparse:
+                tmoe = TokenMoE(*dims, args.moe_expert_count)
+                blocks.append(SparseMlpBlock(*dims, smoe(), tmoe, args.dropout))
+            else:
+                mixer = CausalSpatialProjection(1, max_positions)
+                blocks.append(GmlpBlock(*dims, mixer, args.dropout))
+        return cls(AllMlpDecoder(args, task.target_dictionary, blocks))
+
+
+@register_model_architecture("smlp", "smlp_deterministic")
+def smlp_deterministic(args):
+    """Main-comparison size of the paper: d_model 1024, d_ffn 4096 (dataclass defaults)."""
+    args.smoe_routing = safe_getattr(args, "smoe_routing", "deterministic")
+
+
+@register_model_architecture("smlp", "smlp_partial")
+def smlp_partial(args):
+    args.smoe_routing = safe_getattr(args, "smoe_routing", "partial")
+
+
+def smlp_tiny(args):
+    """A few-minute CPU size: gmlp_lm_tiny's blocks, half of them sparse with 4 experts."""
+    gmlp_lm_tiny(args)
+    args.sparse_layers = safe_getattr(args, "sparse_layers", 2)
+    args.smoe_expert_count = safe_getattr(args, "smoe_expert_count", 4)
+    args.moe_expert_count = safe_getattr(args, "moe_expert_count", 4)
+
+
+@register_model_architecture("smlp", "smlp_deterministic_tiny")
+def smlp_deterministic_tiny(args):
+    smlp_tiny(args)
+    smlp_deterministic(args)
+
+
+@register_model_architecture("smlp", "smlp_partial_tiny")
+def smlp_partial_tiny(args):
+    smlp_tiny(args)
+    smlp_partial(args)
