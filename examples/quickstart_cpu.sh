@@ -2,26 +2,28 @@
 # The README's main job: prepare the bundled corpus (if not done yet), train the flagship model on
 # CPU for a few minutes and report its test perplexity with fairseq-eval-lm.
 #
-#   examples/quickstart_cpu.sh            # environment: ARCH, DATA, SAVE_DIR, MAX_UPDATE
+#   examples/quickstart_cpu.sh     # environment: ARCH, CRITERION, DATA, SAVE_DIR, MAX_UPDATE
 #
 # Perplexities on this corpus are per sentencepiece token of its own vocabulary: they are not
 # comparable with published WikiText or paper numbers.
 set -euo pipefail
 
-ARCH=${ARCH:-gmlp_lm_tiny}
+ARCH=${ARCH:-smlp_deterministic_tiny}
+CRITERION=${CRITERION:-moe_cross_entropy}
 DATA=${DATA:-data/sotu}
 SAVE_DIR=${SAVE_DIR:-checkpoints/quickstart_$ARCH}
-MAX_UPDATE=${MAX_UPDATE:-1200}
+MAX_UPDATE=${MAX_UPDATE:-1000}
 TOKENS_PER_SAMPLE=128
 USER_DIR=$(python -c 'import fairseq_smlp, os; print(os.path.dirname(fairseq_smlp.__file__))')
 
 [ -f "$DATA/bin/dict.txt" ] || bash "$(dirname "$0")/prepare_data.sh" --dest "$DATA"
 
 fairseq-train "$DATA/bin" --user-dir "$USER_DIR" --task language_modeling --arch "$ARCH" \
+  --criterion "$CRITERION" \
   --tokens-per-sample $TOKENS_PER_SAMPLE --sample-break-mode none --batch-size 16 \
   --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0 \
   --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 100 --max-update "$MAX_UPDATE" \
-  --validate-interval-updates 400 --save-interval-updates 400 --keep-interval-updates 1 \
+  --validate-interval-updates 500 --save-interval-updates 500 --keep-interval-updates 1 \
   --no-epoch-checkpoints --save-dir "$SAVE_DIR" --seed 1 \
   --cpu --num-workers 0 --log-format simple --log-interval 100
 

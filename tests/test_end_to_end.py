@@ -1,5 +1,5 @@
-"""The whole user path in subprocesses: prepare a slice of the bundled corpus, fairseq-train a
-small gmlp_lm, fairseq-eval-lm its checkpoint."""
+"""The whole user path in subprocesses: prepare a slice of the bundled corpus, fairseq-train each
+all-MLP arch for a few updates, fairseq-eval-lm its checkpoint."""
 
 import math
 import os
@@ -15,6 +15,14 @@ import fairseq_smlp
 REPO = Path(__file__).resolve().parent.parent
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
 TOKENS_PER_SAMPLE = 64
+PARTIAL_CONTEXT = 13  # 64 - floor(0.8 * 64)
+
+# arch -> (task, criterion) it trains with
+RUNS = {
+    "gmlp_lm_tiny": ("language_modeling", "cross_entropy"),
+    "smlp_deterministic_tiny": ("language_modeling", "moe_cross_entropy"),
+    "smlp_partial_tiny": ("partial_prediction_lm", "partial_prediction_cross_entropy"),
+}
 
 
 def run(*command, check=True):
@@ -25,26 +33,18 @@ def run(*command, check=True):
     return result
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    dest = tmp_path_factory.mktemp("sotu")
-    run("bash", "examples/prepare_data.sh", "--dest", str(dest), "--vocab-size", "300",
-        "--max-documents", "12")
-    return dest / "bin"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(data_dir, tmp_path_factory):
-    save_dir = tmp_path_factory.mktemp("checkpoints")
-    run(
+def train(data_dir, save_dir, arch):
+    task, criterion = RUNS[arch]
+    result = run(
         sys.executable, "-m", "fairseq_cli.train", str(data_dir), "--user-dir", USER_DIR,
-        "--task", "language_modeling", "--arch", "gmlp_lm_tiny", "--decoder-layers", "2",
+        "--task", task, "--criterion", criterion, "--arch", arch, "--decoder-layers", "2",
         "--tokens-per-sample", str(TOKENS_PER_SAMPLE), "--sample-break-mode", "none",
         "--batch-size", "8", "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "fixed",
         "--max-update", "80", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
         "--cpu", "--num-workers", "0", "--seed", "1", "--log-format", "simple",
+        "--log-interval", "20",
     )
-    return save_dir / "checkpoint_last.pt"
+    return save_dir / "checkpoint_last.pt", result.stdout + result.stderr
 
 
 def eval_lm(data_dir, checkpoint, *extra, check=True):
@@ -55,19 +55,76 @@ def eval_lm(data_dir, checkpoint, *extra, check=True):
     )
 
 
-def test_trained_model_beats_the_uniform_distribution(data_dir, checkpoint):
-    result = eval_lm(data_dir, checkpoint, "--tokens-per-sample", str(TOKENS_PER_SAMPLE))
+def evaluated_tokens_and_perplexity(result):
     output = result.stdout + result.stderr
     evaluated = int(re.search(r"Evaluated ([\d,]+) tokens", output).group(1).replace(",", ""))
-    perplexity = float(re.search(r"Perplexity: ([\d.]+)", output).group(1))
+    return evaluated, float(re.search(r"Perplexity: ([\d.]+)", output).group(1))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("sotu")
+    run("bash", "examples/prepare_data.sh", "--dest", str(dest), "--vocab-size", "300",
+        "--max-documents", "12")
+    return dest / "bin"
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def trained(request, data_dir, tmp_path_factory):
+    checkpoint, log = train(data_dir, tmp_path_factory.mktemp(request.param), request.param)
+    return request.param, checkpoint, log
+
+
+@pytest.fixture(scope="module")
+def gmlp_checkpoint(data_dir, tmp_path_factory):
+    return train(data_dir, tmp_path_factory.mktemp("gmlp"), "gmlp_lm_tiny")[0]
+
+
+def test_training_loss_goes_down(trained):
+    arch, _, log = trained
+    losses = [float(x) for x in re.findall(r"train_inner .* loss=([\d.]+)", log)]
+    assert len(losses) == 4, log[-2000:]
+    assert losses[-1] < losses[0] - 1.0, (arch, losses)
+    if arch.startswith("smlp"):
+        assert "b1.tmoe.load_cv=" in log and "b1.tmoe.greedy_load_cv=" in log
+
+
+def test_trained_model_beats_the_uniform_distribution(data_dir, trained):
+    arch, checkpoint, _ = trained
+    result = eval_lm(data_dir, checkpoint, "--task", RUNS[arch][0],
+                     "--tokens-per-sample", str(TOKENS_PER_SAMPLE))
+    evaluated, perplexity = evaluated_tokens_and_perplexity(result)
     vocabulary = len((data_dir / "dict.txt").read_text().splitlines()) + 4  # + fairseq specials
     assert evaluated > 1000
     assert math.isfinite(perplexity)
-    assert perplexity < vocabulary / 2, (perplexity, vocabulary)
+    assert perplexity < vocabulary / 2, (arch, perplexity, vocabulary)
 
 
-def test_eval_with_samples_longer_than_the_context_is_an_error(data_dir, checkpoint):
-    result = eval_lm(data_dir, checkpoint, "--tokens-per-sample", "128", check=False)
+def test_partial_prediction_eval_scores_the_trailing_positions_only(data_dir, gmlp_checkpoint):
+    """One checkpoint under both tasks: partial_prediction_lm counts exactly the positions from
+    PARTIAL_CONTEXT on in every block, and says so in the log."""
+    full = eval_lm(data_dir, gmlp_checkpoint, "--tokens-per-sample", str(TOKENS_PER_SAMPLE))
+    partial = eval_lm(data_dir, gmlp_checkpoint, "--task", "partial_prediction_lm",
+                      "--tokens-per-sample", str(TOKENS_PER_SAMPLE))
+    total, _ = evaluated_tokens_and_perplexity(full)
+    scored, _ = evaluated_tokens_and_perplexity(partial)
+    blocks, rest = divmod(total, TOKENS_PER_SAMPLE)
+    assert scored == blocks * (TOKENS_PER_SAMPLE - PARTIAL_CONTEXT) + max(0, rest - PARTIAL_CONTEXT)
+    assert "perplexities cover those positions only" in partial.stdout + partial.stderr
+
+
+def test_partial_model_refuses_full_sequence_scoring(data_dir, trained):
+    arch, checkpoint, _ = trained
+    if arch != "smlp_partial_tiny":
+        pytest.skip("only smlp_partial routes on the context positions")
+    result = eval_lm(data_dir, checkpoint, "--tokens-per-sample", str(TOKENS_PER_SAMPLE),
+                     check=False)
+    assert result.returncode != 0
+    assert "train and evaluate it with --task partial_prediction_lm" in result.stderr
+
+
+def test_eval_with_samples_longer_than_the_context_is_an_error(data_dir, gmlp_checkpoint):
+    result = eval_lm(data_dir, gmlp_checkpoint, "--tokens-per-sample", "128", check=False)
     assert result.returncode != 0
     assert "--tokens-per-sample is 128 tokens but this model's context is 64 tokens" in (
         result.stderr
