@@ -7,7 +7,7 @@ positions of each sequence, trained with --task partial_prediction_lm).
 """
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model, register_model_architecture
@@ -33,6 +33,13 @@ class SmlpConfig(GmlpLanguageModelConfig):
         metadata={
             "help": "number N2 of sparse blocks among the --decoder-layers (the other N1 are "
             "dense gMLP blocks), spread evenly, the last block always sparse"
+        },
+    )
+    sparse_layer_indices: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "comma-separated 0-based indices of the sparse blocks, instead of spreading "
+            "--sparse-layers evenly (e.g. '0,1' puts them first)"
         },
     )
     smoe_expert_count: int = field(
@@ -63,6 +70,19 @@ def sparse_block_indices(num_layers: int, num_sparse: int) -> List[int]:
             f"got {num_sparse}"
         )
     return [(k + 1) * num_layers // num_sparse - 1 for k in range(num_sparse)]
+
+
+def parse_sparse_layer_indices(value: str, num_layers: int) -> List[int]:
+    try:
+        indices = sorted({int(item) for item in value.split(",")})
+    except ValueError:
+        indices = None
+    if not indices or indices[0] < 0 or indices[-1] >= num_layers:
+        raise ValueError(
+            f"--sparse-layer-indices must be comma-separated integers between 0 and "
+            f"{num_layers - 1} (--decoder-layers {num_layers}); got '{value}'"
+        )
+    return indices
 
 
 def partial_routing_context(args, task) -> int:
@@ -101,7 +121,10 @@ class SmlpLanguageModel(GmlpLanguageModel):
             def smoe():
                 return DeterministicSMoE(width, args.smoe_expert_count, max_positions)
 
-        sparse = set(sparse_block_indices(args.decoder_layers, args.sparse_layers))
+        if safe_getattr(args, "sparse_layer_indices", None):
+            sparse = set(parse_sparse_layer_indices(args.sparse_layer_indices, args.decoder_layers))
+        else:
+            sparse = set(sparse_block_indices(args.decoder_layers, args.sparse_layers))
         blocks = nn.ModuleList()
         for index in range(args.decoder_layers):
             dims = (args.decoder_embed_dim, args.decoder_ffn_embed_dim)

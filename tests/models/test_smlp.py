@@ -3,7 +3,11 @@ import torch
 from fairseq.models import ARCH_MODEL_REGISTRY
 from helpers import build_model, randomize_spatial_weights
 
-from fairseq_smlp.models.smlp import SmlpLanguageModel, sparse_block_indices
+from fairseq_smlp.models.smlp import (
+    SmlpLanguageModel,
+    parse_sparse_layer_indices,
+    sparse_block_indices,
+)
 from fairseq_smlp.modules.smoe import DeterministicSMoE, PartialPredictionSMoE
 from fairseq_smlp.modules.sparse_block import SparseMlpBlock
 
@@ -34,6 +38,15 @@ def test_sparse_blocks_are_spread_evenly():
     with pytest.raises(ValueError, match="--sparse-layers must lie between 0 and "
                                          "--decoder-layers \\(4\\); got 5"):
         sparse_block_indices(4, 5)
+
+
+def test_sparse_blocks_can_be_placed_by_index():
+    model = build_model("smlp_deterministic_tiny", decoder_layers=3, sparse_layer_indices="0,2")
+    assert [isinstance(b, SparseMlpBlock) for b in model.decoder.blocks] == [True, False, True]
+    for bad in ["3", "x", "-1", ""]:
+        with pytest.raises(ValueError, match="--sparse-layer-indices must be comma-separated "
+                                             "integers between 0 and 2"):
+            parse_sparse_layer_indices(bad, 3)
 
 
 def test_tiny_archs_build_the_right_blocks():
