@@ -67,14 +67,14 @@ class MoECrossEntropyCriterion(FairseqCriterion):
         logging_output = {
             "loss": loss.data,
             "nll_loss": nll_loss.data,
-            "gate_loss": float(gate_loss),
+            "gate_loss": float(gate_loss.detach()),
             "nbatches": 1,
             "ntokens": ntokens,
             "nsentences": target.size(0),
             "sample_size": sample_size,
         }
         for name, value in (extra.get("routing_stats") or {}).items():
-            logging_output[STAT_PREFIX + name] = float(value)
+            logging_output[STAT_PREFIX + name] = float(value.detach())
         return loss, sample_size, logging_output
 
     def combined_gate_loss(self, gate_losses) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """E feed-forward experts evaluated as one batched matrix product."""
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +13,13 @@ class BatchedFeedForwardExperts(nn.Module):
     row e. Parameters carry ``expert = True`` (fairseq's mark for weights that are not
     all-reduced across data-parallel ranks)."""
 
-    def __init__(self, num_experts: int, embed_dim: int, ffn_dim: int):
+    def __init__(
+        self, num_experts: int, embed_dim: int, ffn_dim: int,
+        activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
+    ):
         super().__init__()
         self.num_experts = num_experts
+        self.activation = activation
         # nn.Linear's default initialisation, per expert.
         bound_in, bound_out = 1 / math.sqrt(embed_dim), 1 / math.sqrt(ffn_dim)
         self.fc1_weight = nn.Parameter(
@@ -29,7 +34,7 @@ class BatchedFeedForwardExperts(nn.Module):
             parameter.expert = True
 
     def forward(self, buffer: torch.Tensor) -> torch.Tensor:
-        hidden = F.gelu(torch.baddbmm(self.fc1_bias, buffer, self.fc1_weight))  # (E, C, F)
+        hidden = self.activation(torch.baddbmm(self.fc1_bias, buffer, self.fc1_weight))  # (E, C, F)
         return torch.baddbmm(self.fc2_bias, hidden, self.fc2_weight)  # (E, C, D)
 
     def extra_repr(self) -> str:

@@ -20,7 +20,8 @@ def dispatch(
     """
     Args:
         tokens: (S, D).
-        expert_index: (S, k) the expert of each token's k choices (k = 1 for top-1).
+        expert_index: (S, k) the expert of each token's k choices (k = 1 for top-1); -1 marks a
+            choice the gate withdrew, which takes no slot.
     Returns:
         buffer: (E, C, D) tokens grouped by expert, zero in unused slots.
         slot: (S, k) the flat slot e * C + c of each choice in the buffer, -1 where dropped.
@@ -29,9 +30,10 @@ def dispatch(
     """
     num_tokens, k = expert_index.shape
     choice_major = expert_index.t().reshape(-1)  # (k S,): all first choices, then second
-    one_hot = F.one_hot(choice_major, num_experts)  # (k S, E)
+    chosen = choice_major >= 0
+    one_hot = F.one_hot(choice_major.clamp_min(0), num_experts) * chosen.unsqueeze(1)  # (k S, E)
     position = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # (k S,) arrival rank at its expert
-    kept = position < capacity
+    kept = chosen & (position < capacity)
     slot = torch.where(kept, choice_major * capacity + position, torch.full_like(position, -1))
     buffer = tokens.new_zeros(num_experts * capacity, tokens.size(1))
     source = torch.arange(num_tokens, device=tokens.device).repeat(k)  # token of each choice

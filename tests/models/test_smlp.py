@@ -117,5 +117,7 @@ def test_routing_stats_reach_the_decoder_output():
     model = tiny("smlp_partial_tiny").train()
     extra = model(torch.randint(4, 40, (4, T)))[1]
     stats = extra["routing_stats"]
-    assert set(stats) == {"b1.smoe.greedy_load_cv", "b1.tmoe.load_cv", "b1.tmoe.greedy_load_cv"}
+    assert set(stats) == {"b1.smoe.greedy_load_cv", "b1.tmoe.load_cv", "b1.tmoe.greedy_load_cv",
+                          "b1.tmoe.dropped"}
+    assert float(stats["b1.tmoe.dropped"]) == 0.0
     assert float(stats["b1.tmoe.load_cv"]) == 0.0  # balanced in training

@@ -1,0 +1,170 @@
+"""MoE gates. Each decides, for S tokens, k expert choices per token, their combine weights, the
+per-expert capacity and an auxiliary loss; they differ only in how they choose. The shared
+dispatch/combine path (moe_dispatch.py) does the rest.
+
+In inference every gate takes the capacity of the largest load, so no token is dropped: dropping
+depends on which other tokens share the batch, later positions included, and would break
+causality.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .balanced_assignment import balanced_assignment
+from .expert_load import load_cv
+
+SECOND_EXPERT_POLICIES = ("sampling", "all", "random")
+# BASE layers initialise the expert centroids orthogonally with this gain (fairseq BaseLayer).
+CENTROID_INIT_GAIN = 0.1
+
+
+@dataclass
+class Routing:
+    expert_index: torch.Tensor  # (S, k) long
+    weight: torch.Tensor  # (S, k) combine weight of each choice
+    capacity: int  # slots per expert
+    aux_loss: Optional[torch.Tensor] = None  # load-balancing loss, for gates that have one
+    stats: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def inference_capacity(expert_index: torch.Tensor, num_experts: int) -> int:
+    """The largest load, so that nothing is dropped."""
+    chosen = expert_index[expert_index >= 0]
+    return max(1, int(torch.bincount(chosen, minlength=num_experts).max()))
+
+
+def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor) -> torch.Tensor:
+    """GShard / Switch auxiliary loss E * sum_e f_e * P_e: f_e the fraction of tokens whose first
+    choice is e, P_e the mean gate probability of e. 1 when balanced."""
+    num_experts = probs.size(1)
+    fraction = torch.bincount(first_choice, minlength=num_experts).float() / first_choice.numel()
+    return num_experts * torch.sum(fraction * probs.mean(0))
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
+
+
+def check_capacity_factor(capacity_factor: float) -> None:
+    if not capacity_factor > 0:
+        raise ValueError(f"--moe-capacity-factor must be > 0; got {capacity_factor}")
+
+
+class TopKGate(nn.Module):
+    """Softmax gate in fp32 choosing k experts per token: Switch (k = 1, Fedus et al. 2021) and
+    GShard (k = 2, Lepikhin et al. 2020).
+
+    Capacity per expert in training is ceil(capacity_factor * k * ceil(S / E)) (GShard's
+    2 * ceil(S / E) for k = 2 and factor 1). Top-2 weights are the two probabilities renormalised
+    to sum to 1. The second expert follows the policy: 'all' always uses it, 'sampling' picks it
+    by sampling (Gumbel noise on the logits, training only), 'random' keeps it with probability
+    2 * its weight and otherwise withdraws it, taking no slot (training only).
+    """
+
+    def __init__(self, embed_dim: int, num_experts: int, k: int, capacity_factor: float = 1.0,
+                 second_expert_policy: str = "sampling"):
+        super().__init__()
+        check_capacity_factor(capacity_factor)
+        if second_expert_policy not in SECOND_EXPERT_POLICIES:
+            raise ValueError(
+                f"--moe-second-expert-policy must be one of {', '.join(SECOND_EXPERT_POLICIES)}; "
+                f"got '{second_expert_policy}'"
+            )
+        if k not in (1, 2) or num_experts < k:
+            raise ValueError(f"a top-{k} gate needs at least {k} experts; got {num_experts}")
+        self.k = k
+        self.num_experts = num_experts
+        self.capacity_factor = capacity_factor
+        self.second_expert_policy = second_expert_policy
+        self.wg = nn.Linear(embed_dim, num_experts, bias=False)
+
+    def forward(self, tokens: torch.Tensor, token_ids=None) -> Routing:
+        logits = F.linear(tokens.float(), self.wg.weight.float())  # (S, E) in fp32
+        probs = logits.softmax(-1)
+        first = logits.argmax(-1)  # (S,)
+        aux_loss = load_balancing_loss(probs, first)
+        stats = {"gate_entropy": entropy(probs.detach())}
+        if self.k == 1:
+            expert_index, weight = first.unsqueeze(1), probs.gather(1, first.unsqueeze(1))
+        else:
+            expert_index, weight = self.second_choice(logits, probs, first)
+        if self.training:
+            fair_share = math.ceil(tokens.size(0) / self.num_experts)
+            capacity = math.ceil(self.capacity_factor * self.k * fair_share)
+        else:
+            capacity = inference_capacity(expert_index, self.num_experts)
+        return Routing(expert_index, weight.to(tokens.dtype), capacity, aux_loss, stats)
+
+    def second_choice(self, logits, probs, first):
+        masked = logits.masked_fill(F.one_hot(first, self.num_experts).bool(), float("-inf"))
+        if self.training and self.second_expert_policy == "sampling":
+            gumbel = -torch.empty_like(masked).exponential_().log()
+            second = (masked + gumbel).argmax(-1)
+        else:
+            second = masked.argmax(-1)
+        expert_index = torch.stack([first, second], dim=1)  # (S, 2)
+        weight = probs.gather(1, expert_index)
+        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-9)
+        if self.training and self.second_expert_policy == "random":
+            keep = torch.rand_like(weight[:, 1]) < 2 * weight[:, 1]
+            expert_index[:, 1] = torch.where(keep, second, torch.full_like(second, -1))
+        return expert_index, weight
+
+
+class BalancedGate(nn.Module):
+    """BASE layers (Lewis et al. 2021): tokens scored against a learned centroid per expert,
+    balanced assignment in training (every expert ceil(S / E) tokens at most, none dropped),
+    greedy top-1 in inference, no auxiliary loss; the sigmoid of the token's score for its expert
+    is the combine weight, which is how the centroids learn."""
+
+    def __init__(self, embed_dim: int, num_experts: int):
+        super().__init__()
+        self.num_experts = num_experts
+        centroids = torch.empty(num_experts, embed_dim)
+        nn.init.orthogonal_(centroids, gain=CENTROID_INIT_GAIN)
+        self.centroids = nn.Parameter(centroids)
+
+    def forward(self, tokens: torch.Tensor, token_ids=None) -> Routing:
+        if tokens.size(0) < self.num_experts:
+            raise ValueError(
+                f"balanced routing gives every one of the {self.num_experts} experts a share of "
+                f"the batch's tokens, but the batch has only {tokens.size(0)}: use fewer experts "
+                f"(--moe-expert-count) or larger batches"
+            )
+        affinity = tokens @ self.centroids.t()  # (S, E)
+        greedy = affinity.detach().argmax(-1)
+        if self.training:
+            expert = balanced_assignment(affinity.detach())
+            capacity = math.ceil(tokens.size(0) / self.num_experts)
+        else:
+            expert = greedy
+            capacity = inference_capacity(expert, self.num_experts)
+        weight = torch.sigmoid(affinity.gather(1, expert.unsqueeze(1)))  # (S, 1)
+        stats = {"greedy_load_cv": load_cv(greedy, self.num_experts)}
+        return Routing(expert.unsqueeze(1), weight, capacity, None, stats)
+
+
+class HashGate(nn.Module):
+    """Hash layers (Roller et al. 2021): a fixed random map from token id to expert, drawn from
+    ``seed`` and kept as a buffer so checkpoints carry it. No gate, no auxiliary loss, no
+    capacity: nothing is dropped."""
+
+    def __init__(self, vocab_size: int, num_experts: int, seed: int):
+        super().__init__()
+        self.num_experts = num_experts
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer(
+            "token_to_expert", torch.randint(num_experts, (vocab_size,), generator=generator)
+        )
+
+    def forward(self, tokens: torch.Tensor, token_ids=None) -> Routing:
+        if token_ids is None:
+            raise ValueError("hash routing needs the token ids of the tokens it routes")
+        expert = self.token_to_expert[token_ids.reshape(-1)].unsqueeze(1)  # (S, 1)
+        weight = tokens.new_ones(expert.shape)
+        return Routing(expert, weight, inference_capacity(expert, self.num_experts))

@@ -1,0 +1,134 @@
+import math
+
+import pytest
+import torch
+
+from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
+from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
+from fairseq_smlp.modules.moe_layer import MoELayer
+
+S, D, E = 6, 3, 3
+
+
+def hand_batch():
+    """Tokens whose gate logits are the tokens themselves (wg = identity)."""
+    logits = torch.tensor([
+        [2.0, 1.0, 0.0],
+        [2.5, 0.0, 1.0],
+        [3.0, 0.5, 0.0],
+        [0.0, 2.0, 1.5],
+        [1.0, 0.0, 2.0],
+        [2.0, 1.9, 0.0],
+    ])
+    return logits
+
+
+def gate(k, **kwargs):
+    g = TopKGate(D, E, k, **kwargs)
+    with torch.no_grad():
+        g.wg.weight.copy_(torch.eye(D))
+    return g
+
+
+def softmax_row(row):
+    z = sum(math.exp(v) for v in row)
+    return [math.exp(v) / z for v in row]
+
+
+def test_top1_choice_weights_capacity_and_aux_loss():
+    tokens = hand_batch()
+    routing = gate(1).train()(tokens)
+    probs = [softmax_row(row) for row in tokens.tolist()]
+    first = [max(range(E), key=lambda e: p[e]) for p in probs]
+    assert first == [0, 0, 0, 1, 2, 0]
+    assert routing.expert_index[:, 0].tolist() == first
+    torch.testing.assert_close(routing.weight[:, 0], torch.tensor([p[e] for p, e in zip(probs, first)]))
+    assert routing.capacity == math.ceil(S / E)  # 2
+    f = [first.count(e) / S for e in range(E)]
+    mean_p = [sum(p[e] for p in probs) / S for e in range(E)]
+    assert math.isclose(float(routing.aux_loss.detach()), E * sum(a * b for a, b in zip(f, mean_p)), rel_tol=1e-5)
+
+
+def test_top1_layer_drops_later_tokens_over_capacity():
+    layer = MoELayer(gate(1), BatchedFeedForwardExperts(E, D, 4), E).train()
+    out = layer(hand_batch())
+    # Expert 0 is first choice of tokens 0, 1, 2, 5 and holds 2: tokens 2 and 5 are dropped.
+    assert out[2].abs().sum() == 0 and out[5].abs().sum() == 0
+    assert out[0].abs().sum() > 0 and out[1].abs().sum() > 0
+    assert math.isclose(float(layer.stats["dropped"]), 2 / 6, rel_tol=1e-6)
+
+
+def test_top2_all_policy_against_a_hand_computation():
+    tokens = hand_batch()
+    routing = gate(2, second_expert_policy="all").train()(tokens)
+    probs = [softmax_row(row) for row in tokens.tolist()]
+    pairs = [sorted(range(E), key=lambda e: -p[e])[:2] for p in probs]
+    assert routing.expert_index.tolist() == pairs
+    want = [[p[a] / (p[a] + p[b]), p[b] / (p[a] + p[b])] for p, (a, b) in zip(probs, pairs)]
+    torch.testing.assert_close(routing.weight, torch.tensor(want))
+    assert routing.capacity == 2 * math.ceil(S / E)
+
+
+def test_top2_layer_equals_a_per_token_loop_with_first_choices_first():
+    torch.manual_seed(0)
+    experts = BatchedFeedForwardExperts(E, D, 4)
+    layer = MoELayer(gate(2, second_expert_policy="all", capacity_factor=0.5), experts, E).train()
+    tokens = hand_batch()
+    out = layer(tokens)
+    routing = layer.gate(tokens)
+    capacity = routing.capacity  # ceil(0.5 * 2 * 2) = 2
+    load, want = [0] * E, torch.zeros_like(tokens)
+    for choice in range(2):
+        for s in range(S):
+            e = int(routing.expert_index[s, choice])
+            if load[e] < capacity:
+                load[e] += 1
+                hidden = experts.activation(tokens[s] @ experts.fc1_weight[e] + experts.fc1_bias[e, 0])
+                ffn = hidden @ experts.fc2_weight[e] + experts.fc2_bias[e, 0]
+                want[s] += routing.weight[s, choice] * ffn
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_second_expert_policies():
+    torch.manual_seed(0)
+    tokens = torch.randn(400, D)
+    sampled = gate(2, second_expert_policy="sampling").train()(tokens).expert_index
+    assert (sampled[:, 0] != sampled[:, 1]).all()
+    # In inference 'sampling' is deterministic: the second-best expert.
+    best_two = gate(2, second_expert_policy="sampling").eval()(tokens).expert_index
+    assert torch.equal(best_two, tokens.topk(2, dim=1).indices)
+    withdrawn = gate(2, second_expert_policy="random").train()(tokens)
+    second = withdrawn.expert_index[:, 1]
+    kept_share = float((second >= 0).float().mean())
+    expected = float((2 * withdrawn.weight[:, 1].detach()).clamp(max=1).mean())
+    assert abs(kept_share - expected) < 0.08
+
+
+def test_inference_drops_nothing():
+    layer = MoELayer(gate(1), BatchedFeedForwardExperts(E, D, 4), E).eval()
+    layer(hand_batch())
+    assert float(layer.stats["dropped"]) == 0.0
+
+
+def test_hash_map_is_seeded_and_saved():
+    a, b, c = HashGate(50, 4, seed=7), HashGate(50, 4, seed=7), HashGate(50, 4, seed=8)
+    assert torch.equal(a.token_to_expert, b.token_to_expert)
+    assert not torch.equal(a.token_to_expert, c.token_to_expert)
+    c.load_state_dict(a.state_dict())
+    assert torch.equal(c.token_to_expert, a.token_to_expert)
+    ids = torch.tensor([[3, 9, 3]])
+    routing = a(torch.randn(3, 2), ids)
+    assert routing.expert_index[:, 0].tolist() == [int(a.token_to_expert[i]) for i in [3, 9, 3]]
+    assert routing.aux_loss is None
+
+
+def test_bad_gate_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="--moe-capacity-factor must be > 0; got 0"):
+        TopKGate(D, E, 1, capacity_factor=0)
+    with pytest.raises(ValueError, match="--moe-second-expert-policy must be one of sampling, "
+                                         "all, random; got 'best'"):
+        TopKGate(D, E, 2, second_expert_policy="best")
+    with pytest.raises(ValueError, match="the batch has only 2"):
+        BalancedGate(D, 4).train()(torch.randn(2, D))
+    with pytest.raises(ValueError, match="hash routing needs the token ids"):
+        HashGate(10, 2, seed=1)(torch.randn(2, D))
