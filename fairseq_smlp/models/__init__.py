@@ -1,1 +1,1 @@
-from . import gmlp_lm, smlp  # noqa: F401  (register the models and their architectures)
+from . import gmlp_lm, smlp, transformer_moe  # noqa: F401  (register the models and archs)

@@ -5,7 +5,7 @@ import torch
 from fairseq.models import ARCH_MODEL_REGISTRY
 from helpers import build_model, make_dictionary, randomize_spatial_weights
 
-from fairseq_smlp.models.gmlp_lm import GmlpLanguageModel
+from fairseq_smlp.models.gmlp_lm import GmlpLanguageModel, GmlpLanguageModelConfig
 
 
 def test_registry_has_the_archs():
@@ -14,11 +14,10 @@ def test_registry_has_the_archs():
 
 
 def test_default_arch_is_the_paper_main_size():
-    model = build_model("gmlp_lm", num_words=10, tokens_per_sample=8)
-    decoder = model.decoder
-    assert decoder.embed_tokens.embedding_dim == 1024
-    assert decoder.blocks[0].proj_in.out_features == 4096
-    assert len(decoder.blocks) == 24
+    config = GmlpLanguageModelConfig()
+    assert (config.decoder_embed_dim, config.decoder_ffn_embed_dim, config.decoder_layers) == (
+        1024, 4096, 24
+    )
 
 
 @pytest.mark.parametrize("share", [True, False])

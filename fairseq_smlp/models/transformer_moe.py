@@ -1,0 +1,174 @@
+"""The paper's Transformer MoE baselines on fairseq's own transformer_lm: GShard (top-2), Switch
+(top-1), BASE layers (balanced) and Hash layers. Every --moe-freq-th decoder layer has its FFN
+replaced by an MoE layer; the rest of fairseq's decoder is used as it is.
+"""
+
+from dataclasses import dataclass, field
+
+from fairseq import utils
+from fairseq.dataclass import ChoiceEnum
+from fairseq.distributed import fsdp_wrap
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer import TransformerConfig
+from fairseq.models.transformer_lm import (
+    TransformerLanguageModel,
+    TransformerLanguageModelConfig,
+    base_lm_architecture,
+    transformer_lm_gpt3_medium,
+)
+from fairseq.modules.checkpoint_activations import checkpoint_wrapper
+from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
+from fairseq.utils import safe_getattr
+from torch import nn
+
+from ..modules.experts import BatchedFeedForwardExperts
+from ..modules.gates import SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate
+from ..modules.moe_layer import MoELayer
+
+MOE_GATES = ["top1", "top2", "balanced", "hash"]
+
+
+@dataclass
+class TransformerMoELanguageModelConfig(TransformerLanguageModelConfig):
+    moe_gate: ChoiceEnum(MOE_GATES) = field(
+        default="top2",
+        metadata={"help": "routing: top2 (GShard), top1 (Switch), balanced (BASE), hash (Hash)"},
+    )
+    moe_expert_count: int = field(default=16, metadata={"help": "experts in each MoE layer"})
+    moe_freq: int = field(
+        default=2,
+        metadata={"help": "replace the FFN of every N-th decoder layer (layers N-1, 2N-1, ...)"},
+    )
+    moe_capacity_factor: float = field(
+        default=1.0,
+        metadata={"help": "top1/top2: expert capacity in training, as a multiple of k ceil(S/E)"},
+    )
+    moe_second_expert_policy: ChoiceEnum(SECOND_EXPERT_POLICIES) = field(
+        default="sampling", metadata={"help": "top2: how the second expert is used in training"}
+    )
+    moe_hash_seed: int = field(
+        default=1, metadata={"help": "hash: seed of the random token-id to expert map"}
+    )
+
+
+def identity(x):
+    return x
+
+
+class MoEDecoderLayer(TransformerDecoderLayerBase):
+    """A fairseq decoder layer whose FFN is an MoE layer. fc1 and the activation pass the
+    normalised input through and fc2 is the MoE (its experts hold their own two projections),
+    so fairseq's forward, residuals and norms run unchanged."""
+
+    def __init__(self, cfg, moe: MoELayer):
+        if utils.safe_getattr(cfg, "scale_fc", False):
+            raise ValueError("--scale-fc normalises inside the FFN and has no place in an MoE layer")
+        super().__init__(cfg, no_encoder_attn=True)
+        self.activation_fn = identity
+        self.activation_dropout_module = nn.Identity()
+        self.fc2 = moe
+
+    def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
+        return nn.Identity()
+
+    def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
+        return nn.Identity()  # replaced by the MoE layer in __init__
+
+
+def build_gate(args, vocab_size: int) -> nn.Module:
+    experts, dim = args.moe_expert_count, args.decoder_embed_dim
+    if args.moe_gate == "balanced":
+        return BalancedGate(dim, experts)
+    if args.moe_gate == "hash":
+        return HashGate(vocab_size, experts, args.moe_hash_seed)
+    k = 1 if args.moe_gate == "top1" else 2
+    return TopKGate(dim, experts, k, args.moe_capacity_factor, args.moe_second_expert_policy)
+
+
+def moe_layer_indices(num_layers: int, moe_freq: int):
+    if moe_freq < 1:
+        raise ValueError(f"--moe-freq must be at least 1; got {moe_freq}")
+    return [i for i in range(num_layers) if (i + 1) % moe_freq == 0]
+
+
+@register_model("transformer_lm_moe", dataclass=TransformerMoELanguageModelConfig)
+class TransformerMoELanguageModel(TransformerLanguageModel):
+    @classmethod
+    def build_model(cls, args, task):
+        if args.moe_expert_count < 1:
+            raise ValueError(f"--moe-expert-count must be at least 1; got {args.moe_expert_count}")
+        model = super().build_model(args, task)
+        cfg = TransformerConfig.from_namespace(args)
+        activation = utils.get_activation_fn(args.activation_fn)
+        for index in moe_layer_indices(args.decoder_layers, args.moe_freq):
+            experts = BatchedFeedForwardExperts(
+                args.moe_expert_count, args.decoder_embed_dim, args.decoder_ffn_embed_dim,
+                activation,
+            )
+            moe = MoELayer(build_gate(args, len(task.source_dictionary)), experts,
+                           args.moe_expert_count)
+            # Wrapped as fairseq's TransformerDecoderBase.build_decoder_layer wraps its layers.
+            layer = MoEDecoderLayer(cfg, moe)
+            if cfg.checkpoint_activations:
+                layer = checkpoint_wrapper(layer, offload_to_cpu=cfg.offload_activations)
+            min_params = cfg.min_params_to_wrap if not cfg.checkpoint_activations else 0
+            model.decoder.layers[index] = fsdp_wrap(layer, min_num_params=min_params)
+        return model
+
+    def moe_layers(self):
+        return [module for module in self.modules() if isinstance(module, MoELayer)]
+
+    def forward(self, src_tokens, **kwargs):
+        moe_layers = self.moe_layers()
+        # fairseq's incremental decoding feeds the decoder only the last position.
+        ids = src_tokens[:, -1:] if kwargs.get("incremental_state") else src_tokens
+        for moe in moe_layers:
+            moe.token_ids = ids.t()  # (L, B): the decoder runs time-major
+        logits, extra = self.decoder(src_tokens, **kwargs)
+        for moe in moe_layers:
+            moe.token_ids = None
+        extra["moe_gate_losses"] = [m.gate_loss for m in moe_layers if m.gate_loss is not None]
+        extra["routing_stats"] = {
+            f"moe{index}.{key}": value
+            for index, moe in enumerate(moe_layers)
+            for key, value in moe.stats.items()
+        }
+        return logits, extra
+
+
+def moe_arch(args, gate: str) -> None:
+    args.moe_gate = safe_getattr(args, "moe_gate", gate)
+
+
+def tiny_transformer(args) -> None:
+    """The CPU size of gmlp_lm_tiny: d_model 128, d_ffn 512, 4 layers, 4 heads, 4 experts."""
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 128)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 512)
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 4)
+    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 4)
+    args.moe_expert_count = safe_getattr(args, "moe_expert_count", 4)
+    args.share_decoder_input_output_embed = safe_getattr(
+        args, "share_decoder_input_output_embed", True
+    )
+    base_lm_architecture(args)
+
+
+def register_sizes(gate: str, name: str):
+    """Register ``name`` at the paper's main-comparison size (fairseq's gpt3_medium: d_model
+    1024, d_ffn 4096, 24 layers, 16 heads) and ``name_tiny`` at the CPU size."""
+
+    @register_model_architecture("transformer_lm_moe", name)
+    def paper_size(args):
+        moe_arch(args, gate)
+        transformer_lm_gpt3_medium(args)
+
+    @register_model_architecture("transformer_lm_moe", f"{name}_tiny")
+    def tiny(args):
+        moe_arch(args, gate)
+        tiny_transformer(args)
+
+
+register_sizes("top2", "transformer_lm_gshard")
+register_sizes("top1", "transformer_lm_switch")
+register_sizes("balanced", "transformer_lm_base")
+register_sizes("hash", "transformer_lm_hash")

@@ -1,0 +1,105 @@
+import argparse
+
+import pytest
+import torch
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
+from helpers import build_model
+
+from fairseq_smlp.models.transformer_moe import (
+    MoEDecoderLayer,
+    TransformerMoELanguageModel,
+    moe_layer_indices,
+)
+from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
+
+ARCHS = {
+    "transformer_lm_gshard_tiny": (TopKGate, 2),
+    "transformer_lm_switch_tiny": (TopKGate, 1),
+    "transformer_lm_base_tiny": (BalancedGate, None),
+    "transformer_lm_hash_tiny": (HashGate, None),
+}
+
+
+def tiny(arch, **overrides):
+    torch.manual_seed(0)
+    return build_model(arch, tokens_per_sample=16, **overrides)
+
+
+def test_registry_has_paper_and_tiny_sizes():
+    for name in ["gshard", "switch", "base", "hash"]:
+        for suffix in ["", "_tiny"]:
+            assert ARCH_MODEL_REGISTRY[f"transformer_lm_{name}{suffix}"] is (
+                TransformerMoELanguageModel
+            )
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_other_layer_is_an_moe_layer_with_its_gate(arch):
+    gate_type, k = ARCHS[arch]
+    layers = tiny(arch).decoder.layers
+    assert [type(layer) for layer in layers] == [
+        TransformerDecoderLayerBase, MoEDecoderLayer, TransformerDecoderLayerBase, MoEDecoderLayer
+    ]
+    gate = layers[1].fc2.gate
+    assert isinstance(gate, gate_type)
+    if k is not None:
+        assert gate.k == k
+    assert moe_layer_indices(6, 3) == [2, 5]
+
+
+def test_paper_size_is_gpt3_medium():
+    args = argparse.Namespace()
+    ARCH_CONFIG_REGISTRY["transformer_lm_switch"](args)
+    sizes = (args.decoder_embed_dim, args.decoder_ffn_embed_dim, args.decoder_layers,
+             args.decoder_attention_heads, args.moe_gate)
+    assert sizes == (1024, 4096, 24, 16, "top1")
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_causal_in_eval_mode(arch):
+    model = tiny(arch).eval()
+    tokens = torch.randint(4, 40, (3, 16))
+    logits = model(tokens)[0]
+    for t in [1, 6, 15]:
+        perturbed = tokens.clone()
+        perturbed[:, t:] = torch.randint(4, 40, perturbed[:, t:].shape)
+        perturbed[:, t] = (tokens[:, t] - 3) % 36 + 4
+        changed = model(perturbed)[0]
+        torch.testing.assert_close(changed[:, :t], logits[:, :t], rtol=0, atol=1e-5)
+        assert not torch.allclose(changed[:, t], logits[:, t], atol=1e-4)
+
+
+def test_gate_losses_and_stats_reach_the_output():
+    model = tiny("transformer_lm_gshard_tiny").train()
+    extra = model(torch.randint(4, 40, (2, 16)))[1]
+    assert len(extra["moe_gate_losses"]) == 2
+    assert all(loss.requires_grad for loss in extra["moe_gate_losses"])
+    assert {"moe0.dropped", "moe0.load_cv", "moe0.gate_entropy", "moe1.dropped"} <= set(
+        extra["routing_stats"]
+    )
+
+
+def test_hash_routing_follows_token_ids_and_survives_a_checkpoint(tmp_path):
+    model = tiny("transformer_lm_hash_tiny", moe_hash_seed=3).eval()
+    tokens = torch.randint(4, 40, (2, 16))
+    logits = model(tokens)[0]
+    moe = model.decoder.layers[1].fc2
+    expected = moe.gate.token_to_expert[tokens.t().reshape(-1)]  # time-major, as the decoder
+    assert torch.equal(moe.last_assignment[:, 0], expected)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    other = tiny("transformer_lm_hash_tiny", moe_hash_seed=4).eval()
+    assert not torch.equal(other.decoder.layers[1].fc2.gate.token_to_expert,
+                           moe.gate.token_to_expert)
+    other.load_state_dict(torch.load(tmp_path / "model.pt"))
+    assert torch.equal(other.decoder.layers[1].fc2.gate.token_to_expert, moe.gate.token_to_expert)
+    torch.testing.assert_close(other(tokens)[0], logits)
+
+
+def test_bad_settings_name_the_flag():
+    with pytest.raises(ValueError, match="--moe-capacity-factor must be > 0; got -1"):
+        tiny("transformer_lm_switch_tiny", moe_capacity_factor=-1.0)
+    with pytest.raises(ValueError, match="--moe-freq must be at least 1; got 0"):
+        tiny("transformer_lm_switch_tiny", moe_freq=0)
+    with pytest.raises(ValueError, match="--moe-expert-count must be at least 1; got 0"):
+        tiny("transformer_lm_base_tiny", moe_expert_count=0)
