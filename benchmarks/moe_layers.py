@@ -1,0 +1,63 @@
+"""Forward + backward time of each MoE layer (top-2, top-1, balanced, hash; E experts, capacity
+factor 1) against a dense FFN with the same active FLOPs per token, on the same inputs.
+
+    python benchmarks/moe_layers.py [--device cuda] [--tokens 8192 --embed-dim 1024]
+
+Top-2 runs two experts per token, so its dense counterpart is twice as wide. Target: within 1.5x.
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from spatial_mixers import DenseFeedForward, time_forward_backward
+
+from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
+from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
+from fairseq_smlp.modules.moe_layer import MoELayer
+
+VOCAB = 1000
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--tokens", type=int, default=2048, help="tokens per batch, S")
+    parser.add_argument("--embed-dim", type=int, default=128)
+    parser.add_argument("--ffn-dim", type=int, default=512)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    dim, ffn, experts = args.embed_dim, args.ffn_dim, args.experts
+    x = torch.randn(1, args.tokens, dim, device=device, dtype=dtype, requires_grad=True)
+    token_ids = torch.randint(VOCAB, (1, args.tokens), device=device)
+
+    def measure(module):
+        return time_forward_backward(module.to(device=device, dtype=dtype), x, args.repeats)
+
+    def moe(gate):
+        layer = MoELayer(gate, BatchedFeedForwardExperts(experts, dim, ffn, F.relu), experts)
+        layer.token_ids = token_ids
+        return layer
+
+    print(f"device {device}, {args.dtype}, {args.tokens} tokens, d_model {dim}, d_ffn {ffn}, "
+          f"{experts} experts, forward+backward, median of {args.repeats}")
+    print(f"{'layer':<26}{'ms':>10}{'x dense':>10}")
+    dense = {1: measure(DenseFeedForward(dim, ffn)), 2: measure(DenseFeedForward(dim, 2 * ffn))}
+    print(f"{'dense FFN':<26}{dense[1] * 1e3:>10.2f}{1.0:>10.2f}")
+    print(f"{'dense FFN, twice as wide':<26}{dense[2] * 1e3:>10.2f}{1.0:>10.2f}")
+    for name, gate, k in [
+        ("top-2 (GShard)", TopKGate(dim, experts, 2, 1.0, "all"), 2),
+        ("top-1 (Switch)", TopKGate(dim, experts, 1, 1.0), 1),
+        ("balanced (BASE)", BalancedGate(dim, experts), 1),
+        ("hash", HashGate(VOCAB, experts, seed=1), 1),
+    ]:
+        seconds = measure(moe(gate))
+        print(f"{name:<26}{seconds * 1e3:>10.2f}{seconds / dense[k]:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
