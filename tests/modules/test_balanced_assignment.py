@@ -16,9 +16,10 @@ def optimal_total(scores: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("num_items,num_experts", [(12, 3), (64, 4), (96, 8), (10, 3)])
-def test_balanced_and_near_optimal(num_items, num_experts):
+@pytest.mark.parametrize("skew", [0.0, 3.0])  # skewed: most items prefer the same few experts
+def test_balanced_and_near_optimal(num_items, num_experts, skew):
     torch.manual_seed(num_items)
-    scores = torch.randn(num_items, num_experts)
+    scores = torch.randn(num_items, num_experts) + skew * torch.randn(1, num_experts)
     expert = balanced_assignment(scores)
     load = torch.bincount(expert, minlength=num_experts)
     assert load.max() <= -(-num_items // num_experts)
