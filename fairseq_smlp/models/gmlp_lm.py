@@ -43,6 +43,11 @@ def check_even_ffn_dim(args) -> None:
         )
 
 
+def dense_block(args, max_positions: int) -> GmlpBlock:
+    mixer = CausalSpatialProjection(1, max_positions)
+    return GmlpBlock(args.decoder_embed_dim, args.decoder_ffn_embed_dim, mixer, args.dropout)
+
+
 @register_model("gmlp_lm", dataclass=GmlpLanguageModelConfig)
 class GmlpLanguageModel(FairseqLanguageModel):
     """The --arch gmlp_lm defaults are the paper's main-comparison size: d_model 1024, d_ffn 4096."""
@@ -51,16 +56,12 @@ class GmlpLanguageModel(FairseqLanguageModel):
     def build_model(cls, args, task):
         check_even_ffn_dim(args)
         max_positions = resolve_context(args, task)
-        blocks = nn.ModuleList(
-            GmlpBlock(
-                args.decoder_embed_dim,
-                args.decoder_ffn_embed_dim,
-                CausalSpatialProjection(1, max_positions),
-                args.dropout,
-            )
-            for _ in range(args.decoder_layers)
-        )
+        blocks = cls.build_blocks(args, task, max_positions)
         return cls(AllMlpDecoder(args, task.target_dictionary, blocks))
+
+    @classmethod
+    def build_blocks(cls, args, task, max_positions: int) -> nn.ModuleList:
+        return nn.ModuleList(dense_block(args, max_positions) for _ in range(args.decoder_layers))
 
 
 @register_model_architecture("gmlp_lm", "gmlp_lm_tiny")

@@ -14,14 +14,11 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.utils import safe_getattr
 from torch import nn
 
-from ..modules.gmlp_block import GmlpBlock
 from ..modules.smoe import DeterministicSMoE, PartialPredictionSMoE
 from ..modules.sparse_block import SparseMlpBlock
-from ..modules.spatial_projection import CausalSpatialProjection
 from ..modules.tmoe import TokenMoE
 from ..partial_prediction import context_length
-from .all_mlp import AllMlpDecoder, resolve_context
-from .gmlp_lm import GmlpLanguageModel, GmlpLanguageModelConfig, check_even_ffn_dim, gmlp_lm_tiny
+from .gmlp_lm import GmlpLanguageModel, GmlpLanguageModelConfig, dense_block, gmlp_lm_tiny
 
 SMOE_ROUTINGS = ["deterministic", "partial"]
 
@@ -106,35 +103,26 @@ def partial_routing_context(args, task) -> int:
 @register_model("smlp", dataclass=SmlpConfig)
 class SmlpLanguageModel(GmlpLanguageModel):
     @classmethod
-    def build_model(cls, args, task):
-        check_even_ffn_dim(args)
-        max_positions = resolve_context(args, task)
+    def build_blocks(cls, args, task, max_positions: int) -> nn.ModuleList:
         width = args.decoder_ffn_embed_dim // 2  # channels the spatial mixers see
-        if args.smoe_routing == "partial":
-            context = partial_routing_context(args, task)
-
-            def smoe():
-                return PartialPredictionSMoE(width, args.smoe_expert_count, max_positions, context)
-
-        else:
-
-            def smoe():
-                return DeterministicSMoE(width, args.smoe_expert_count, max_positions)
-
+        context = partial_routing_context(args, task) if args.smoe_routing == "partial" else None
         if safe_getattr(args, "sparse_layer_indices", None):
             sparse = set(parse_sparse_layer_indices(args.sparse_layer_indices, args.decoder_layers))
         else:
             sparse = set(sparse_block_indices(args.decoder_layers, args.sparse_layers))
+        dims = (args.decoder_embed_dim, args.decoder_ffn_embed_dim)
         blocks = nn.ModuleList()
         for index in range(args.decoder_layers):
-            dims = (args.decoder_embed_dim, args.decoder_ffn_embed_dim)
-            if index in sparse:
-                tmoe = TokenMoE(*dims, args.moe_expert_count)
-                blocks.append(SparseMlpBlock(*dims, smoe(), tmoe, args.dropout))
+            if index not in sparse:
+                blocks.append(dense_block(args, max_positions))
+                continue
+            if context is None:
+                smoe = DeterministicSMoE(width, args.smoe_expert_count, max_positions)
             else:
-                mixer = CausalSpatialProjection(1, max_positions)
-                blocks.append(GmlpBlock(*dims, mixer, args.dropout))
-        return cls(AllMlpDecoder(args, task.target_dictionary, blocks))
+                smoe = PartialPredictionSMoE(width, args.smoe_expert_count, max_positions, context)
+            tmoe = TokenMoE(*dims, args.moe_expert_count)
+            blocks.append(SparseMlpBlock(*dims, smoe, tmoe, args.dropout))
+        return blocks
 
 
 @register_model_architecture("smlp", "smlp_deterministic")

@@ -1,4 +1,6 @@
 import argparse
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -94,6 +96,16 @@ def test_hash_routing_follows_token_ids_and_survives_a_checkpoint(tmp_path):
     other.load_state_dict(torch.load(tmp_path / "model.pt"))
     assert torch.equal(other.decoder.layers[1].fc2.gate.token_to_expert, moe.gate.token_to_expert)
     torch.testing.assert_close(other(tokens)[0], logits)
+
+
+def test_hash_map_is_the_same_in_another_process():
+    script = (
+        "import torch; from fairseq_smlp.modules.gates import HashGate; "
+        "print(HashGate(500, 8, seed=11).token_to_expert.tolist())"
+    )
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True).stdout.strip().splitlines()[-1]
+    assert other == str(HashGate(500, 8, seed=11).token_to_expert.tolist())
 
 
 def test_bad_settings_name_the_flag():
