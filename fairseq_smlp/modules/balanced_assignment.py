@@ -19,6 +19,8 @@ AUCTION_EPS = 1e-2
 # must climb far and the auction alone needs many rounds (229 for 16384 x 16 skewed scores);
 # starting near the right prices it needs 19.
 SINKHORN_ITERATIONS = 10
+# A guard, not a budget: the problems seen in training settle in tens of rounds.
+MAX_ROUNDS = 10_000
 SINKHORN_TEMPERATURE = 0.05
 
 
@@ -38,19 +40,22 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
         return scores.new_zeros(*batch, num_items, dtype=torch.long)
     rows = scores.size(0)
     capacity = math.ceil(num_items / num_experts)
-    lowest = scores.amin(dim=(1, 2), keepdim=True)  # (R, 1, 1)
-    spread = (scores.amax(dim=(1, 2)) - lowest.view(-1)).clamp_min(1e-6)
+    scores = replace_non_finite(scores)
+    # Shift each problem to start at 0 (the assignment does not change) so that bid increments
+    # stay far above float32 rounding whatever the scores' magnitude.
+    scores = scores - scores.amin(dim=(1, 2), keepdim=True)
+    spread = scores.amax(dim=(1, 2)).clamp_min(1e-6)  # (R,)
     # Fill the slots left over when E does not divide N with placeholder items indifferent to
     # the expert, so that every expert ends exactly full and the prices stay optimal.
     placeholders = num_experts * capacity - num_items
-    scores = torch.cat([scores, lowest.expand(rows, placeholders, num_experts)], dim=1)
+    scores = torch.cat([scores, scores.new_zeros(rows, placeholders, num_experts)], dim=1)
     eps = (AUCTION_EPS * spread)[:, None]  # (R, 1)
 
     owner = scores.new_full(scores.shape[:2], -1, dtype=torch.long)  # expert holding each item
     bid = scores.new_zeros(scores.shape[:2])  # price each held item paid
     price = sinkhorn_prices(scores, capacity, spread)  # (R, E)
     items = torch.arange(scores.size(1), device=scores.device)
-    while True:
+    for _ in range(MAX_ROUNDS):
         unassigned = owner < 0  # (R, N)
         if not unassigned.any():
             break
@@ -83,7 +88,23 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
         # A full expert's price becomes the lowest bid it kept.
         full_row, full_position = torch.nonzero(rank == capacity - 1, as_tuple=True)
         price[full_row, sorted_expert[full_row, full_position]] = sorted_bid[full_row, full_position]
+    else:
+        raise RuntimeError(
+            f"balanced assignment of {num_items} items to {num_experts} experts did not settle in "
+            f"{MAX_ROUNDS} auction rounds"
+        )
     return owner[:, :num_items].reshape(*batch, num_items)
+
+
+def replace_non_finite(scores: torch.Tensor) -> torch.Tensor:
+    """NaN and infinite affinities (an fp16 overflow, say) become the lowest finite one, as in
+    fairseq's BaseLayer: the auction then still ends, and fairseq's loss scaler deals with the
+    overflow as usual."""
+    finite = torch.isfinite(scores)
+    if finite.all():
+        return scores
+    fill = scores[finite].min() if finite.any() else scores.new_zeros(())
+    return torch.where(finite, scores, fill)
 
 
 def sinkhorn_prices(scores: torch.Tensor, capacity: int, spread: torch.Tensor) -> torch.Tensor:
