@@ -115,18 +115,28 @@ class TransformerMoELanguageModel(TransformerLanguageModel):
             model.decoder.layers[index] = fsdp_wrap(layer, min_num_params=min_params)
         return model
 
+    def __init__(self, decoder):
+        super().__init__(decoder)
+        # fairseq's generator calls the decoder directly, so the token ids reach the MoE layers
+        # from a hook on the decoder rather than from this model's forward.
+        decoder.register_forward_pre_hook(self.hand_token_ids, with_kwargs=True)
+
     def moe_layers(self):
         return [module for module in self.modules() if isinstance(module, MoELayer)]
 
+    def hand_token_ids(self, decoder, args, kwargs):
+        tokens = args[0] if args else kwargs["prev_output_tokens"]
+        # With an incremental state the decoder runs the last position only.
+        if kwargs.get("incremental_state") is not None:
+            tokens = tokens[:, -1:]
+        for moe in self.moe_layers():
+            moe.token_ids = tokens.t()  # (L, B): the decoder runs time-major
+            # A layer that --decoder-layerdrop skips must not report its previous forward.
+            moe.gate_loss, moe.stats = None, {}
+
     def forward(self, src_tokens, **kwargs):
-        moe_layers = self.moe_layers()
-        # fairseq's incremental decoding feeds the decoder only the last position.
-        ids = src_tokens[:, -1:] if kwargs.get("incremental_state") else src_tokens
-        for moe in moe_layers:
-            moe.token_ids = ids.t()  # (L, B): the decoder runs time-major
         logits, extra = self.decoder(src_tokens, **kwargs)
-        for moe in moe_layers:
-            moe.token_ids = None
+        moe_layers = self.moe_layers()
         extra["moe_gate_losses"] = [m.gate_loss for m in moe_layers if m.gate_loss is not None]
         extra["routing_stats"] = {
             f"moe{index}.{key}": value

@@ -10,8 +10,9 @@ from torch import nn
 
 class BatchedFeedForwardExperts(nn.Module):
     """E independent FFNs ``W2 act(W1 x + b1) + b2`` applied to an (E, C, D) buffer, expert e to
-    row e. Parameters carry ``expert = True`` (fairseq's mark for weights that are not
-    all-reduced across data-parallel ranks)."""
+    row e. Every rank holds all E experts, so their parameters are ordinary ones: all-reduced
+    and clipped like the rest (fairseq's ``param.expert`` mark is for experts split over
+    ranks)."""
 
     def __init__(
         self, num_experts: int, embed_dim: int, ffn_dim: int,
@@ -30,8 +31,6 @@ class BatchedFeedForwardExperts(nn.Module):
             torch.empty(num_experts, ffn_dim, embed_dim).uniform_(-bound_out, bound_out)
         )
         self.fc2_bias = nn.Parameter(torch.empty(num_experts, 1, embed_dim).uniform_(-bound_out, bound_out))
-        for parameter in self.parameters():
-            parameter.expert = True
 
     def forward(self, buffer: torch.Tensor) -> torch.Tensor:
         hidden = self.activation(torch.baddbmm(self.fc1_bias, buffer, self.fc1_weight))  # (E, C, F)

@@ -108,6 +108,28 @@ def test_hash_map_is_the_same_in_another_process():
     assert other == str(HashGate(500, 8, seed=11).token_to_expert.tolist())
 
 
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_incremental_decoding_matches_the_full_forward(arch):
+    """fairseq's generator calls the decoder directly, one position at a time."""
+    model = tiny(arch).eval()
+    tokens = torch.randint(4, 40, (3, 8))
+    full = model(tokens)[0]
+    state = {}
+    for t in range(8):
+        step = model.decoder(tokens[:, : t + 1], incremental_state=state)[0]
+        torch.testing.assert_close(step[:, -1], full[:, t], rtol=1e-4, atol=1e-4)
+
+
+def test_layerdrop_reports_only_the_layers_that_ran():
+    torch.manual_seed(0)
+    model = tiny("transformer_lm_switch_tiny", decoder_layerdrop=0.5).train()
+    for _ in range(6):
+        logits, extra = model(torch.randint(4, 40, (2, 16)))
+        ran = sum(1 for moe in model.moe_layers() if moe.gate_loss is not None)
+        assert len(extra["moe_gate_losses"]) == ran
+        (logits.logsumexp(-1).mean() + sum(extra["moe_gate_losses"], torch.tensor(0.0))).backward()
+
+
 def test_bad_settings_name_the_flag():
     with pytest.raises(ValueError, match="--moe-capacity-factor must be > 0; got -1"):
         tiny("transformer_lm_switch_tiny", moe_capacity_factor=-1.0)
