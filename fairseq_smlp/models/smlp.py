@@ -95,7 +95,8 @@ def partial_routing_context(args, task) -> int:
         raise ValueError(
             f"smlp_partial routes on the first positions of {args.max_target_positions}-token "
             f"blocks and must see blocks of exactly that size: use --tokens-per-sample "
-            f"{args.max_target_positions}; got {task.args.tokens_per_sample}"
+            f"{args.max_target_positions} (and no --context-window, which fairseq-eval-lm "
+            f"takes off the blocks); got blocks of {task.args.tokens_per_sample}"
         )
     return context_length(args.max_target_positions, fraction)
 

@@ -44,3 +44,12 @@ class PartialPredictionLMTask(LanguageModelingTask):
             f"block are scored (--prediction-fraction {self.args.prediction_fraction}); losses, "
             f"token counts and perplexities cover those positions only"
         )
+
+    def eval_lm_dataloader(self, dataset, *args, context_window: int = 0, **kwargs):
+        if context_window > 0:
+            raise ValueError(
+                f"--context-window {context_window} cannot be combined with --task "
+                f"partial_prediction_lm: the window would shift the scored positions; evaluate "
+                f"whole blocks (each already keeps its first {self.context} positions as context)"
+            )
+        return super().eval_lm_dataloader(dataset, *args, context_window=context_window, **kwargs)
