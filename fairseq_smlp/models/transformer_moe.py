@@ -117,18 +117,17 @@ class TransformerMoELanguageModel(TransformerLanguageModel):
 
     def __init__(self, decoder):
         super().__init__(decoder)
-        # fairseq's generator calls the decoder directly, so the token ids reach the MoE layers
-        # from a hook on the decoder rather than from this model's forward.
-        decoder.register_forward_pre_hook(self.hand_token_ids, with_kwargs=True)
+        # The token ids reach the MoE layers from a hook on the token embedding: it sees exactly
+        # the tokens the decoder runs (the last position only under an incremental state), also
+        # when fairseq's generator calls decoder.forward directly, past this model and any hook
+        # on the decoder itself.
+        decoder.embed_tokens.register_forward_pre_hook(self.hand_token_ids)
 
     def moe_layers(self):
         return [module for module in self.modules() if isinstance(module, MoELayer)]
 
-    def hand_token_ids(self, decoder, args, kwargs):
-        tokens = args[0] if args else kwargs["prev_output_tokens"]
-        # With an incremental state the decoder runs the last position only.
-        if kwargs.get("incremental_state") is not None:
-            tokens = tokens[:, -1:]
+    def hand_token_ids(self, embed_tokens, args):
+        tokens = args[0]  # (B, L)
         for moe in self.moe_layers():
             moe.token_ids = tokens.t()  # (L, B): the decoder runs time-major
             # A layer that --decoder-layerdrop skips must not report its previous forward.

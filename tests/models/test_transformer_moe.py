@@ -110,13 +110,13 @@ def test_hash_map_is_the_same_in_another_process():
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_incremental_decoding_matches_the_full_forward(arch):
-    """fairseq's generator calls the decoder directly, one position at a time."""
+    """fairseq's generator calls decoder.forward directly, one position at a time."""
     model = tiny(arch).eval()
     tokens = torch.randint(4, 40, (3, 8))
     full = model(tokens)[0]
     state = {}
     for t in range(8):
-        step = model.decoder(tokens[:, : t + 1], incremental_state=state)[0]
+        step = model.decoder.forward(tokens[:, : t + 1], incremental_state=state)[0]
         torch.testing.assert_close(step[:, -1], full[:, t], rtol=1e-4, atol=1e-4)
 
 
