@@ -51,11 +51,12 @@ class MoELayer(nn.Module):
         buffer, slot = dispatch(tokens, routing.expert_index, self.num_experts, capacity)
         output = combine(self.run_experts(buffer), slot, routing.weight)  # (S, D)
         kept = slot >= 0
+        chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed
         self.gate_loss = routing.aux_loss
         self.last_assignment = routing.expert_index
         self.stats = {
             "load_cv": load_cv(routing.expert_index[kept], self.num_experts),
-            "dropped": 1.0 - kept.float().mean(),
+            "dropped": 1.0 - kept.sum() / chosen.sum().clamp_min(1),
             **routing.stats,
         }
         return output.view_as(x)

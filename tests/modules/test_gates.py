@@ -97,6 +97,11 @@ def test_second_expert_policies():
     # In inference 'sampling' is deterministic: the second-best expert.
     best_two = gate(2, second_expert_policy="sampling").eval()(tokens).expert_index
     assert torch.equal(best_two, tokens.topk(2, dim=1).indices)
+    layer = MoELayer(gate(2, second_expert_policy="random"), BatchedFeedForwardExperts(E, D, 4),
+                     E).train()
+    layer.gate.capacity_factor = 100.0  # room for everything: nothing is dropped
+    layer(tokens)
+    assert float(layer.stats["dropped"]) == 0.0  # withdrawn choices are not drops
     withdrawn = gate(2, second_expert_policy="random").train()(tokens)
     second = withdrawn.expert_index[:, 1]
     kept_share = float((second >= 0).float().mean())
