@@ -73,15 +73,27 @@ def data_dir(tmp_path_factory):
     return dest / "bin"
 
 
+@pytest.fixture(scope="module")
+def checkpoints(data_dir, tmp_path_factory):
+    """Trains each arch once per module: arch -> (checkpoint, training log)."""
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            cache[arch] = train(data_dir, tmp_path_factory.mktemp(arch), arch)
+        return cache[arch]
+
+    return get
+
+
 @pytest.fixture(scope="module", params=list(RUNS))
-def trained(request, data_dir, tmp_path_factory):
-    checkpoint, log = train(data_dir, tmp_path_factory.mktemp(request.param), request.param)
-    return request.param, checkpoint, log
+def trained(request, checkpoints):
+    return (request.param, *checkpoints(request.param))
 
 
 @pytest.fixture(scope="module")
-def gmlp_checkpoint(data_dir, tmp_path_factory):
-    return train(data_dir, tmp_path_factory.mktemp("gmlp"), "gmlp_lm_tiny")[0]
+def gmlp_checkpoint(checkpoints):
+    return checkpoints("gmlp_lm_tiny")[0]
 
 
 def test_training_loss_goes_down(trained):
@@ -119,10 +131,8 @@ def test_partial_prediction_eval_scores_the_trailing_positions_only(data_dir, gm
     assert "perplexities cover those positions only" in partial.stdout + partial.stderr
 
 
-def test_partial_model_refuses_full_sequence_scoring(data_dir, trained):
-    arch, checkpoint, _ = trained
-    if arch != "smlp_partial_tiny":
-        pytest.skip("only smlp_partial routes on the context positions")
+def test_partial_model_refuses_full_sequence_scoring(data_dir, checkpoints):
+    checkpoint, _ = checkpoints("smlp_partial_tiny")
     result = eval_lm(data_dir, checkpoint, "--tokens-per-sample", str(TOKENS_PER_SAMPLE),
                      check=False)
     assert result.returncode != 0
