@@ -23,7 +23,7 @@ from torch import nn
 
 from ..modules.experts import BatchedFeedForwardExperts
 from ..modules.gates import SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate
-from ..modules.moe_layer import MoELayer
+from ..modules.moe_layer import MoELayer, check_expert_count
 
 MOE_GATES = ["top1", "top2", "balanced", "hash"]
 
@@ -95,8 +95,7 @@ def moe_layer_indices(num_layers: int, moe_freq: int):
 class TransformerMoELanguageModel(TransformerLanguageModel):
     @classmethod
     def build_model(cls, args, task):
-        if args.moe_expert_count < 1:
-            raise ValueError(f"--moe-expert-count must be at least 1; got {args.moe_expert_count}")
+        check_expert_count(args.moe_expert_count)  # before any gate complains in its own words
         model = super().build_model(args, task)
         cfg = TransformerConfig.from_namespace(args)
         activation = utils.get_activation_fn(args.activation_fn)

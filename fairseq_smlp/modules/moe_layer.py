@@ -12,6 +12,11 @@ from .expert_load import load_cv
 from .moe_dispatch import combine, dispatch
 
 
+def check_expert_count(num_experts: int) -> None:
+    if num_experts < 1:
+        raise ValueError(f"--moe-expert-count must be at least 1; got {num_experts}")
+
+
 class MoELayer(nn.Module):
     """Maps (..., D) to (..., D). After each forward, ``gate_loss`` holds the gate's auxiliary
     loss (None for gates without one), ``last_assignment`` the (S, k) expert choices and
@@ -27,6 +32,7 @@ class MoELayer(nn.Module):
 
     def __init__(self, gate: nn.Module, experts: nn.Module, num_experts: int, expert_group=None):
         super().__init__()
+        check_expert_count(num_experts)
         self.expert_group = expert_group
         self.world_size = 1 if expert_group is None else dist.get_world_size(expert_group)
         if num_experts % self.world_size != 0:

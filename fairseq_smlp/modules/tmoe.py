@@ -13,8 +13,6 @@ class TokenMoE(MoELayer):
     stats_name = "tmoe"
 
     def __init__(self, embed_dim: int, ffn_dim: int, num_experts: int):
-        if num_experts < 1:
-            raise ValueError(f"--moe-expert-count must be at least 1; got {num_experts}")
         super().__init__(
             BalancedGate(embed_dim, num_experts),
             BatchedFeedForwardExperts(num_experts, embed_dim, ffn_dim),
