@@ -1,9 +1,12 @@
-"""Shared test helpers: build registered models without a data directory."""
+"""Shared test helpers: build registered models without a data directory, run a function on\nseveral gloo ranks."""
 
 import argparse
+import socket
 from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
@@ -50,3 +53,25 @@ def randomize_spatial_weights(model: torch.nn.Module, scale: float = 0.5) -> Non
             if isinstance(module, CausalSpatialProjection):
                 weight = module.weight
                 weight.copy_(torch.randn(weight.shape, generator=generator) * scale)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_on_ranks(function, world_size: int, *args) -> None:
+    """Run ``function(rank, world_size, *args)`` in ``world_size`` processes joined in a gloo
+    process group; an exception on any rank fails the caller."""
+    mp.spawn(_rank_main, args=(function, world_size, free_port(), args), nprocs=world_size,
+             join=True)
+
+
+def _rank_main(rank, function, world_size, port, args):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    try:
+        function(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()

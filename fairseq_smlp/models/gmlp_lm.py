@@ -9,6 +9,7 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import nn
 
+from ..distributed.expert_placement import exclude_experts_from_ddp
 from ..modules.gmlp_block import GmlpBlock
 from ..modules.spatial_projection import CausalSpatialProjection
 from .all_mlp import AllMlpDecoder, resolve_context
@@ -57,7 +58,9 @@ class GmlpLanguageModel(FairseqLanguageModel):
         check_even_ffn_dim(args)
         max_positions = resolve_context(args, task)
         blocks = cls.build_blocks(args, task, max_positions)
-        return cls(AllMlpDecoder(args, task.target_dictionary, blocks))
+        model = cls(AllMlpDecoder(args, task.target_dictionary, blocks))
+        exclude_experts_from_ddp(model)
+        return model
 
     @classmethod
     def build_blocks(cls, args, task, max_positions: int) -> nn.ModuleList:

@@ -14,6 +14,7 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.utils import safe_getattr
 from torch import nn
 
+from ..distributed.expert_placement import expert_placement
 from ..modules.smoe import DeterministicSMoE, PartialPredictionSMoE
 from ..modules.sparse_block import SparseMlpBlock
 from ..modules.tmoe import TokenMoE
@@ -112,16 +113,20 @@ class SmlpLanguageModel(GmlpLanguageModel):
         else:
             sparse = set(sparse_block_indices(args.decoder_layers, args.sparse_layers))
         dims = (args.decoder_embed_dim, args.decoder_ffn_embed_dim)
+        smoe_placement = expert_placement(args.smoe_expert_count, "--smoe-expert-count")
+        tmoe_placement = expert_placement(args.moe_expert_count, "--moe-expert-count")
         blocks = nn.ModuleList()
         for index in range(args.decoder_layers):
             if index not in sparse:
                 blocks.append(dense_block(args, max_positions))
                 continue
             if context is None:
-                smoe = DeterministicSMoE(width, args.smoe_expert_count, max_positions)
+                smoe = DeterministicSMoE(width, args.smoe_expert_count, max_positions,
+                                         smoe_placement)
             else:
-                smoe = PartialPredictionSMoE(width, args.smoe_expert_count, max_positions, context)
-            tmoe = TokenMoE(*dims, args.moe_expert_count)
+                smoe = PartialPredictionSMoE(width, args.smoe_expert_count, max_positions, context,
+                                             smoe_placement)
+            tmoe = TokenMoE(*dims, args.moe_expert_count, tmoe_placement)
             blocks.append(SparseMlpBlock(*dims, smoe, tmoe, args.dropout))
         return blocks
 

@@ -21,9 +21,10 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from fairseq.utils import safe_getattr
 from torch import nn
 
+from ..distributed.expert_placement import exclude_experts_from_ddp, expert_placement
 from ..modules.experts import BatchedFeedForwardExperts
 from ..modules.gates import SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate
-from ..modules.moe_layer import MoELayer, check_expert_count
+from ..modules.moe_layer import MoELayer
 
 MOE_GATES = ["top1", "top2", "balanced", "hash"]
 
@@ -95,7 +96,8 @@ def moe_layer_indices(num_layers: int, moe_freq: int):
 class TransformerMoELanguageModel(TransformerLanguageModel):
     @classmethod
     def build_model(cls, args, task):
-        check_expert_count(args.moe_expert_count)  # before any gate complains in its own words
+        # Before any gate complains in its own words.
+        placement = expert_placement(args.moe_expert_count, "--moe-expert-count")
         model = super().build_model(args, task)
         cfg = TransformerConfig.from_namespace(args)
         activation = utils.get_activation_fn(args.activation_fn)
@@ -105,13 +107,14 @@ class TransformerMoELanguageModel(TransformerLanguageModel):
                 activation,
             )
             moe = MoELayer(build_gate(args, len(task.source_dictionary)), experts,
-                           args.moe_expert_count)
+                           args.moe_expert_count, placement)
             # Wrapped as fairseq's TransformerDecoderBase.build_decoder_layer wraps its layers.
             layer = MoEDecoderLayer(cfg, moe)
             if cfg.checkpoint_activations:
                 layer = checkpoint_wrapper(layer, offload_to_cpu=cfg.offload_activations)
             min_params = cfg.min_params_to_wrap if not cfg.checkpoint_activations else 0
             model.decoder.layers[index] = fsdp_wrap(layer, min_num_params=min_params)
+        exclude_experts_from_ddp(model)
         return model
 
     def __init__(self, decoder):

@@ -10,16 +10,14 @@ from torch import nn
 
 class BatchedFeedForwardExperts(nn.Module):
     """E independent FFNs ``W2 act(W1 x + b1) + b2`` applied to an (E, C, D) buffer, expert e to
-    row e. Every rank holds all E experts, so their parameters are ordinary ones: all-reduced
-    and clipped like the rest (fairseq's ``param.expert`` mark is for experts split over
-    ranks)."""
+    row e. Every parameter is stacked along a leading expert dimension, so that an expert
+    placement can keep a rank's share of them."""
 
     def __init__(
         self, num_experts: int, embed_dim: int, ffn_dim: int,
         activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
     ):
         super().__init__()
-        self.num_experts = num_experts
         self.activation = activation
         # nn.Linear's default initialisation, per expert.
         bound_in, bound_out = 1 / math.sqrt(embed_dim), 1 / math.sqrt(ffn_dim)

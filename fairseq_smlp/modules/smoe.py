@@ -6,12 +6,13 @@ weights and bias, like a gMLP spatial gating unit. Outputs go back to their colu
 token is that of one spatial projection; parameters grow E-fold.
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
 from .balanced_assignment import balanced_assignment
 from .expert_load import load_cv
 from .spatial_projection import CausalSpatialProjection
@@ -26,13 +27,39 @@ def check_divisible(width: int, num_experts: int) -> None:
         )
 
 
-class DeterministicSMoE(CausalSpatialProjection):
-    """Deterministic routing: column chunk e goes to expert e, no gate. A function of nothing but
-    the column's index, so it leaks nothing; the same as a spatial projection with E maps."""
+class SpatialExperts(CausalSpatialProjection):
+    """E causal spatial maps over (B, L, H) input, column chunk e to map e: the experts of an
+    sMoE. Under a parallel ``placement`` this rank holds its share of the maps and the column
+    chunks travel to their maps' ranks and back (padded to the group's largest B and L: padding
+    sequences are dropped after, padding positions come last and, the maps being causal, change
+    no real position)."""
 
-    def __init__(self, width: int, num_experts: int, max_positions: int):
+    def __init__(self, width: int, num_experts: int, max_positions: int,
+                 placement: Optional[ExpertPlacement] = None):
         check_divisible(width, num_experts)
         super().__init__(num_experts, max_positions)
+        self.num_experts = num_experts
+        self.placement = placement or ExpertPlacement(num_experts)
+        self.placement.shard(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.placement.is_parallel:
+            return super().forward(x)
+        batch, length, width = x.shape
+        columns = width // self.num_experts
+        chunks = x.view(batch, length, self.num_experts, columns).permute(2, 0, 1, 3)  # (E, B, L, C)
+        padded_batch, padded_length = group_max([batch, length], self.placement, x.device)
+        chunks = F.pad(chunks, (0, 0, 0, padded_length - length, 0, padded_batch - batch))
+        mixed = run_experts(chunks, self.forward_grouped, self.placement)  # (E, B', L', C)
+        return mixed[:, :batch, :length].permute(1, 2, 0, 3).reshape(batch, length, width)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_experts={self.num_experts}"
+
+
+class DeterministicSMoE(SpatialExperts):
+    """Deterministic routing: column chunk e goes to expert e, no gate. A function of nothing but
+    the column's index, so it leaks nothing; the same as a spatial projection with E maps."""
 
 
 class PartialPredictionSMoE(nn.Module):
@@ -46,13 +73,13 @@ class PartialPredictionSMoE(nn.Module):
 
     stats_name = "smoe"
 
-    def __init__(self, width: int, num_experts: int, max_positions: int, context_positions: int):
+    def __init__(self, width: int, num_experts: int, max_positions: int, context_positions: int,
+                 placement: Optional[ExpertPlacement] = None):
         super().__init__()
-        check_divisible(width, num_experts)
         self.num_experts = num_experts
         self.context_positions = context_positions
         self.router = nn.Linear(context_positions, num_experts, bias=False)  # W_r
-        self.experts = CausalSpatialProjection(num_experts, max_positions)
+        self.experts = SpatialExperts(width, num_experts, max_positions, placement)
         self.last_assignment = None
         self.stats: Dict[str, torch.Tensor] = {}
 

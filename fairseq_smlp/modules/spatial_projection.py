@@ -33,14 +33,22 @@ class CausalSpatialProjection(nn.Module):
         self.weight = nn.Parameter(torch.tril(weight))
         self.bias = nn.Parameter(torch.ones(num_maps, max_positions))
 
+    def causal_weight(self, length: int) -> torch.Tensor:
+        """(G, L, L): the causal mask, entries above the diagonal (s > t) never contribute."""
+        return torch.tril(self.weight[:, :length, :length])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         chunks = x.view(batch, length, self.num_maps, width // self.num_maps)  # (B, L, G, C)
-        # The causal mask: entries above the diagonal (s > t) never contribute.
-        weight = torch.tril(self.weight[:, :length, :length])  # (G, L, L)
         bias = self.bias[:, :length].t().unsqueeze(-1)  # (L, G, 1)
-        mixed = torch.einsum("gts,bsgc->btgc", weight, chunks) + bias  # (B, L, G, C)
-        return mixed.reshape(batch, length, width)
+        mixed = torch.einsum("gts,bsgc->btgc", self.causal_weight(length), chunks) + bias
+        return mixed.reshape(batch, length, width)  # (B, L, H)
+
+    def forward_grouped(self, chunks: torch.Tensor) -> torch.Tensor:
+        """The same maps on map-major input: (G, N, L, C), map g applied to chunks[g]."""
+        length = chunks.size(2)
+        bias = self.bias[:, None, :length, None]  # (G, 1, L, 1)
+        return torch.einsum("gts,gnsc->gntc", self.causal_weight(length), chunks) + bias
 
     def extra_repr(self) -> str:
         return f"num_maps={self.num_maps}, max_positions={self.max_positions}"

@@ -4,6 +4,9 @@ Routing follows BASE layers (gates.BalancedGate): balanced assignment in trainin
 in inference, no auxiliary loss.
 """
 
+from typing import Optional
+
+from ..distributed.expert_placement import ExpertPlacement
 from .experts import BatchedFeedForwardExperts
 from .gates import BalancedGate
 from .moe_layer import MoELayer
@@ -12,9 +15,11 @@ from .moe_layer import MoELayer
 class TokenMoE(MoELayer):
     stats_name = "tmoe"
 
-    def __init__(self, embed_dim: int, ffn_dim: int, num_experts: int):
+    def __init__(self, embed_dim: int, ffn_dim: int, num_experts: int,
+                 placement: Optional[ExpertPlacement] = None):
         super().__init__(
             BalancedGate(embed_dim, num_experts),
             BatchedFeedForwardExperts(num_experts, embed_dim, ffn_dim),
             num_experts,
+            placement,
         )

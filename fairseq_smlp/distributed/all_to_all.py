@@ -8,8 +8,9 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, group, x):
         ctx.group = group
-        output = torch.empty_like(x)
-        dist.all_to_all_single(output, x.contiguous(), group=group)
+        x = x.contiguous()
+        output = torch.empty_like(x)  # contiguous like x: the exchange fills it in memory order
+        dist.all_to_all_single(output, x, group=group)
         return output
 
     @staticmethod

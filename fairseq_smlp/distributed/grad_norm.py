@@ -1,0 +1,41 @@
+"""The gradient norm over shared and expert parameters alike.
+
+fairseq's ``utils.clip_grad_norm_`` computes the norm over the parameters not marked ``expert``
+and scales every gradient, experts included, by the clip coefficient. With experts spread over
+ranks, a norm that leaves them out understates the global norm, and a per-rank norm that
+includes them differs between ranks (fairseq then stops with "gradients are inconsistent between
+workers"). Once a model places experts over several ranks, fairseq's function is wrapped so that
+the norm is that of the whole model: the squared norms of this rank's experts are summed over all
+ranks, each replicated expert counted once, and added to fairseq's own norm of the shared part.
+"""
+
+import torch
+import torch.distributed as dist
+from fairseq import utils
+
+_fairseq_clip_grad_norm = utils.clip_grad_norm_
+
+
+@torch.no_grad()
+def clip_grad_norm_with_experts(params, max_norm, aggregate_norm_fn=None) -> torch.Tensor:
+    params = [params] if isinstance(params, torch.Tensor) else list(params)
+    experts = [p for p in params if hasattr(p, "expert") and getattr(p, "grad", None) is not None]
+    if not experts:
+        return _fairseq_clip_grad_norm(params, max_norm, aggregate_norm_fn)
+    shared_norm = _fairseq_clip_grad_norm(params, 0, aggregate_norm_fn)  # 0: measure only
+    expert_square = sum(
+        p.grad.detach().float().square().sum() / getattr(p, "expert_replicas", 1) for p in experts
+    )
+    dist.all_reduce(expert_square)
+    total_norm = (shared_norm.float().to(expert_square.device).square() + expert_square).sqrt()
+    if max_norm > 0:
+        clip_coef = (float(max_norm) / (total_norm + 1e-6)).clamp_(max=1)
+        grads = [p.grad.detach() for p in params if getattr(p, "grad", None) is not None]
+        torch._foreach_mul_(grads, clip_coef.to(grads[0].device))
+    return total_norm
+
+
+def install_expert_grad_norm() -> None:
+    """Route fairseq's optimizers (which call ``utils.clip_grad_norm_``) through the version
+    above; without expert gradients it is fairseq's own."""
+    utils.clip_grad_norm_ = clip_grad_norm_with_experts
