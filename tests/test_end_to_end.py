@@ -66,14 +66,6 @@ def evaluated_tokens_and_perplexity(result):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    dest = tmp_path_factory.mktemp("sotu")
-    run("bash", "examples/prepare_data.sh", "--dest", str(dest), "--vocab-size", "300",
-        "--max-documents", "12")
-    return dest / "bin"
-
-
-@pytest.fixture(scope="module")
 def checkpoints(data_dir, tmp_path_factory):
     """Trains each arch once per module: arch -> (checkpoint, training log)."""
     cache = {}

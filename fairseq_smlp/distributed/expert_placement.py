@@ -18,9 +18,11 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+from fairscale.nn.wrap.auto_wrap import ConfigAutoWrap
 from torch import nn
 
 from .all_to_all import all_to_all
+from .expert_checkpoints import install_per_rank_checkpoints
 from .grad_norm import install_expert_grad_norm
 
 # (world size, group size) -> (this rank's all-to-all group, this rank's replica group). Groups
@@ -74,7 +76,7 @@ class ExpertPlacement:
 
     def mark(self, parameter: nn.Parameter) -> None:
         parameter.expert = True
-        parameter.expert_replicas = self.num_replicas  # read by the gradient norm
+        parameter.expert_placement = self
         parameter.register_hook(self.scale_gradient)
 
     def __deepcopy__(self, memo):
@@ -109,13 +111,28 @@ def expert_placement(num_experts: int, flag: str) -> ExpertPlacement:
     if world_size == 1:
         return ExpertPlacement(num_experts)
     group_size = min(world_size, num_experts)
+    if group_size > 1:
+        refuse_fully_sharded(flag, num_experts, world_size)
     group, replica_group = process_groups(world_size, group_size)
     install_expert_grad_norm()
+    install_per_rank_checkpoints()
     rank = dist.get_rank()
     return ExpertPlacement(
         num_experts, group=group, group_size=group_size, group_rank=rank % group_size,
         replica_group=replica_group, num_replicas=world_size // group_size,
     )
+
+
+def refuse_fully_sharded(flag: str, num_experts: int, world_size: int) -> None:
+    """fairseq builds the model inside fairscale's wrapping context for --ddp-backend
+    fully_sharded; FSDP would flatten the experts into sharded buffers, losing their marks and
+    averaging their gradients over ranks that hold other experts."""
+    if ConfigAutoWrap.in_autowrap_context:
+        raise ValueError(
+            f"--ddp-backend fully_sharded cannot yet hold experts spread over ranks ({flag} "
+            f"{num_experts} over {world_size} ranks): use --ddp-backend legacy_ddp (or "
+            f"pytorch_ddp on GPUs)"
+        )
 
 
 def process_groups(world_size: int, group_size: int):

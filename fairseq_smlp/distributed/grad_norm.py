@@ -24,7 +24,7 @@ def clip_grad_norm_with_experts(params, max_norm, aggregate_norm_fn=None) -> tor
         return _fairseq_clip_grad_norm(params, max_norm, aggregate_norm_fn)
     shared_norm = _fairseq_clip_grad_norm(params, 0, aggregate_norm_fn)  # 0: measure only
     expert_square = sum(
-        p.grad.detach().float().square().sum() / getattr(p, "expert_replicas", 1) for p in experts
+        p.grad.detach().float().square().sum() / replicas(p) for p in experts
     )
     dist.all_reduce(expert_square)
     total_norm = (shared_norm.float().to(expert_square.device).square() + expert_square).sqrt()
@@ -33,6 +33,13 @@ def clip_grad_norm_with_experts(params, max_norm, aggregate_norm_fn=None) -> tor
         grads = [p.grad.detach() for p in params if getattr(p, "grad", None) is not None]
         torch._foreach_mul_(grads, clip_coef.to(grads[0].device))
     return total_norm
+
+
+def replicas(parameter) -> int:
+    """Ranks holding the same copy of this expert parameter (1 unless there are more ranks than
+    experts)."""
+    placement = getattr(parameter, "expert_placement", None)
+    return 1 if placement is None else placement.num_replicas
 
 
 def install_expert_grad_norm() -> None:

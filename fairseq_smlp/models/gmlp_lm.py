@@ -9,6 +9,7 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import nn
 
+from ..distributed.expert_checkpoints import ExpertCheckpointMixin
 from ..distributed.expert_placement import exclude_experts_from_ddp
 from ..modules.gmlp_block import GmlpBlock
 from ..modules.spatial_projection import CausalSpatialProjection
@@ -50,7 +51,7 @@ def dense_block(args, max_positions: int) -> GmlpBlock:
 
 
 @register_model("gmlp_lm", dataclass=GmlpLanguageModelConfig)
-class GmlpLanguageModel(FairseqLanguageModel):
+class GmlpLanguageModel(ExpertCheckpointMixin, FairseqLanguageModel):
     """The --arch gmlp_lm defaults are the paper's main-comparison size: d_model 1024, d_ffn 4096."""
 
     @classmethod

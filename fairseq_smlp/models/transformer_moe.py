@@ -21,6 +21,7 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from fairseq.utils import safe_getattr
 from torch import nn
 
+from ..distributed.expert_checkpoints import ExpertCheckpointMixin
 from ..distributed.expert_placement import exclude_experts_from_ddp, expert_placement
 from ..modules.experts import BatchedFeedForwardExperts
 from ..modules.gates import SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate
@@ -93,7 +94,7 @@ def moe_layer_indices(num_layers: int, moe_freq: int):
 
 
 @register_model("transformer_lm_moe", dataclass=TransformerMoELanguageModelConfig)
-class TransformerMoELanguageModel(TransformerLanguageModel):
+class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageModel):
     @classmethod
     def build_model(cls, args, task):
         # Before any gate complains in its own words.

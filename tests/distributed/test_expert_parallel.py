@@ -4,6 +4,7 @@ gradients come out as fairseq's data-parallel training needs them."""
 import pytest
 import torch
 import torch.distributed as dist
+from fairscale.nn.wrap.auto_wrap import ConfigAutoWrap
 from helpers import run_on_ranks
 
 from fairseq_smlp.distributed.all_to_all import all_to_all
@@ -129,6 +130,14 @@ def two_ranks_four_experts(rank, world):
     assert (placement.group_size, placement.local_experts, placement.num_replicas) == (2, 2, 1)
     assert placement.local_slice == slice(2 * rank, 2 * rank + 2)
     moe_and_smoe_cases(rank, world, num_experts=4)
+    ConfigAutoWrap.in_autowrap_context = True  # as fairseq builds models for fully_sharded
+    try:
+        with pytest.raises(ValueError, match="--ddp-backend fully_sharded cannot yet hold "
+                                             "experts spread over ranks \\(--moe-expert-count 4 "
+                                             "over 2 ranks\\)"):
+            expert_placement(4, "--moe-expert-count")
+    finally:
+        ConfigAutoWrap.in_autowrap_context = False
 
 
 def four_ranks_two_experts(rank, world):

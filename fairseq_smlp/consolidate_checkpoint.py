@@ -1,0 +1,79 @@
+"""Merge the per-rank files of an expert-parallel run into one checkpoint with every expert, for a
+single process (fairseq-eval-lm) or to fine-tune on another number of ranks.
+
+    python -m fairseq_smlp.consolidate_checkpoint checkpoints/run/checkpoint_best.pt
+
+reads checkpoints/run/checkpoint_best-rank-*.pt and writes checkpoints/run/checkpoint_best.pt
+(or --output). The optimizer state is left out: it was laid out per rank.
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from fairseq import checkpoint_utils
+
+from .distributed.expert_checkpoints import SHARDS_KEY
+
+
+def rank_files(path: Path) -> List[Path]:
+    pattern = re.compile(re.escape(path.stem) + r"-rank-(\d+)\.pt$")
+    found = {int(m.group(1)): p for p in path.parent.glob(f"{path.stem}-rank-*.pt")
+             if (m := pattern.match(p.name))}
+    if not found:
+        raise FileNotFoundError(
+            f"no rank files {path.stem}-rank-<R>.pt next to {path}: give the checkpoint's name "
+            f"without the -rank-<R> suffix"
+        )
+    missing = sorted(set(range(max(found) + 1)) - set(found))
+    if missing:
+        raise FileNotFoundError(f"rank files of {path} are missing for ranks {missing}")
+    return [found[rank] for rank in sorted(found)]
+
+
+def merge_model_states(states: List[Dict]) -> Dict:
+    """Rank 0's shared weights with each expert parameter's rows from its group ranks 0..G-1,
+    in order."""
+    shards = [state.pop(SHARDS_KEY) for state in states]
+    world_size = shards[0]["world_size"]
+    if len(states) != world_size:
+        raise ValueError(f"found {len(states)} rank files of a {world_size}-rank run")
+    merged = dict(states[0])
+    for name, (_, group_size) in shards[0]["experts"].items():
+        by_group_rank = {}
+        for state, shard in zip(states, shards):
+            by_group_rank.setdefault(shard["experts"][name][0], state[name])
+        merged[name] = torch.cat([by_group_rank[g] for g in range(group_size)], dim=0)
+    return merged
+
+
+def consolidate(path: Path, output: Path) -> int:
+    files = rank_files(path)
+    # As fairseq wrote them (fairseq's own loader would turn the config into objects that
+    # torch.load's default weights_only mode then refuses).
+    checkpoints = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
+    merged = checkpoints[0]
+    merged["model"] = merge_model_states([c["model"] for c in checkpoints])
+    merged.pop("last_optimizer_state", None)
+    checkpoint_utils.torch_persistent_save(merged, str(output))
+    return len(files)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path,
+                        help="the checkpoint's name without -rank-<R>, e.g. .../checkpoint_best.pt")
+    parser.add_argument("--output", type=Path, help="where to write (default: CHECKPOINT)")
+    args = parser.parse_args(argv)
+    try:
+        count = consolidate(args.checkpoint, args.output or args.checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"consolidate_checkpoint: {error}")
+    print(f"merged {count} rank files into {args.output or args.checkpoint}")
+
+
+if __name__ == "__main__":
+    main()

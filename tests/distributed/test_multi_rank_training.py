@@ -1,0 +1,128 @@
+"""fairseq-train on 2 CPU ranks through examples/train_cpu_ranks.sh: the same losses as one
+process over the same global batches, checkpoints that resume exactly and merge into one that a
+single process evaluates to the same validation loss, and a dead rank that stops the run."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import fairseq_smlp
+
+REPO = Path(__file__).resolve().parents[2]
+USER_DIR = str(Path(fairseq_smlp.__file__).parent)
+ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+UPDATES = 6
+
+
+def train_flags(data_dir, arch, save_dir, max_update):
+    return [
+        str(data_dir), "--user-dir", USER_DIR, "--task", "language_modeling", "--arch", arch,
+        "--criterion", "moe_cross_entropy", "--decoder-layers", "2", "--dropout", "0",
+        "--tokens-per-sample", "64", "--sample-break-mode", "none", "--batch-size", "4",
+        "--optimizer", "adam", "--lr", "3e-3", "--max-update", str(max_update),
+        "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--num-workers", "0",
+        "--seed", "1", "--log-format", "simple", "--log-interval", "1",
+    ]
+
+
+def run(command, check=True):
+    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command[:3]} failed:\n{output[-4000:]}")
+    return output
+
+
+def two_ranks(flags):
+    return run(["bash", "examples/train_cpu_ranks.sh", "2", *flags])
+
+
+def one_process(flags):
+    return run([sys.executable, "-m", "fairseq_cli.train", *flags, "--cpu", "--update-freq", "2"])
+
+
+def losses(log):
+    """update number -> logged training loss."""
+    return {int(n): float(loss) for n, loss in
+            re.findall(r"train_inner \| epoch 001:\s+(\d+) / \d+ loss=([\d.]+)", log)}
+
+
+def valid_loss(log):
+    return float(re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", log)[-1])
+
+
+@pytest.mark.parametrize("arch", ["smlp_deterministic_tiny", "transformer_lm_switch_tiny"])
+def test_two_ranks_match_one_process_and_checkpoints_round_trip(data_dir, tmp_path, arch):
+    whole = two_ranks(train_flags(data_dir, arch, tmp_path / "whole", UPDATES))
+    reference = losses(whole)
+    assert sorted(reference) == list(range(1, UPDATES + 1)), whole[-3000:]
+    assert {p.name for p in (tmp_path / "whole").iterdir()} == {
+        f"checkpoint_{kind}-rank-{rank}.pt" for kind in ["best", "last"] for rank in [0, 1]}
+
+    # One process over the same global batches: the 2 ranks' batches as 2 micro-batches.
+    single = losses(one_process(train_flags(data_dir, arch, tmp_path / "single", UPDATES)))
+    assert single == pytest.approx(reference, abs=2e-3)
+
+    # Stop at update 3, resume: updates 4 to 6 as in the uninterrupted run.
+    two_ranks(train_flags(data_dir, arch, tmp_path / "resumed", 3))
+    resumed = two_ranks(train_flags(data_dir, arch, tmp_path / "resumed", UPDATES))
+    assert "Loaded checkpoint" in resumed and "checkpoint_last-rank-0.pt" in resumed
+    assert losses(resumed) == {n: reference[n] for n in range(4, UPDATES + 1)}
+
+    # A single process cannot read one rank's share; the merged file gives the run's last
+    # validation loss (nothing is dropped in evaluation, so routing does not see the batch).
+    def validate(checkpoint, check=True):
+        return run([sys.executable, "-m", "fairseq_cli.validate", str(data_dir), "--user-dir",
+                    USER_DIR, "--path", str(checkpoint), "--task", "language_modeling",
+                    "--tokens-per-sample", "64", "--batch-size", "4", "--cpu",
+                    "--num-workers", "0"], check=check)
+
+    refused = validate(tmp_path / "whole" / "checkpoint_last-rank-1.pt", check=False)
+    assert "holds the experts of rank 1 of a 2-rank run and cannot be loaded by a single " \
+           "process" in refused
+    merged = tmp_path / "whole" / "checkpoint_last.pt"
+    run([sys.executable, "-m", "fairseq_smlp.consolidate_checkpoint", str(merged)])
+    assert valid_loss(validate(merged)) == valid_loss(whole)
+
+
+def rank_process(save_dir, rank):
+    """The pid of the fairseq-train process of ``rank`` writing to ``save_dir``."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(save_dir).encode() in argv and b"--distributed-rank" in argv:
+            if argv[argv.index(b"--distributed-rank") + 1] == str(rank).encode():
+                return int(entry.name)
+    return None
+
+
+def test_a_dead_rank_stops_the_run(data_dir, tmp_path):
+    save_dir = tmp_path / "run"
+    log = tmp_path / "log"
+    flags = train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 100_000)
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(["bash", "examples/train_cpu_ranks.sh", "2", *flags],
+                                    cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while "train_inner" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            victim = rank_process(save_dir, 1)
+            assert victim is not None, log.read_text()[-3000:]
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            returncode = launcher.wait(timeout=60)
+        finally:
+            launcher.kill()
+    assert returncode != 0
+    assert time.monotonic() - killed < 60
+    assert rank_process(save_dir, 0) is None  # rank 0 did not stay behind
+    assert re.search(r"rank\s*:\s*1", log.read_text()), log.read_text()[-3000:]
