@@ -26,28 +26,27 @@ def parallel_experts(model: nn.Module):
     return {name: p for name, p in model.named_parameters() if hasattr(p, "expert_placement")}
 
 
-class ExpertCheckpointMixin:
-    """For a FairseqModel: state dicts that hold this rank's share of the weights."""
+def rank_share(model_state, model: nn.Module):
+    """What this rank writes of a model's full state: on rank 0 everything, elsewhere only its
+    experts; with the entry that says which experts they are."""
+    experts = parallel_experts(model)
+    if not experts:
+        return model_state
+    share = model_state if dist.get_rank() == 0 else {
+        key: value for key, value in model_state.items() if key in experts}
+    share[SHARDS_KEY] = {
+        "rank": dist.get_rank(),
+        "world_size": dist.get_world_size(),
+        "experts": {
+            name: (p.expert_placement.group_rank, p.expert_placement.group_size)
+            for name, p in experts.items()
+        },
+    }
+    return share
 
-    def state_dict(self, *args, **kwargs):
-        state = super().state_dict(*args, **kwargs)
-        experts = parallel_experts(self)
-        if not experts:
-            return state
-        prefix = kwargs.get("prefix", "")
-        if dist.get_rank() != 0:
-            for key in list(state):
-                if key[len(prefix):] not in experts:
-                    del state[key]
-        state[prefix + SHARDS_KEY] = {
-            "rank": dist.get_rank(),
-            "world_size": dist.get_world_size(),
-            "experts": {
-                name: (p.expert_placement.group_rank, p.expert_placement.group_size)
-                for name, p in experts.items()
-            },
-        }
-        return state
+
+class ExpertCheckpointMixin:
+    """For a FairseqModel: loads a rank's share of a checkpoint, or a merged one."""
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         shards = state_dict.pop(SHARDS_KEY, None)
@@ -62,6 +61,14 @@ class ExpertCheckpointMixin:
                 f"(--finetune-from-model on several ranks)"
             )
         if shards is not None:
+            for name, parameter in experts.items():
+                saved_group_rank = shards["experts"][name][0]
+                if saved_group_rank != parameter.expert_placement.group_rank:
+                    raise ValueError(
+                        f"this checkpoint holds the experts of rank {shards['rank']}, not those "
+                        f"of rank {dist.get_rank()} ('{name}'): every rank must read its own "
+                        f"-rank-R file, or all ranks a merged one ('{CONSOLIDATE}')"
+                    )
             state_dict = take_shared_from_rank_zero(state_dict, experts)
         for name, parameter in experts.items():
             placement = parameter.expert_placement
@@ -84,10 +91,17 @@ def trainer_holds_parallel_experts(trainer) -> bool:
 
 
 _fairseq = {
+    "state_dict": Trainer.state_dict,
     "should_save": Trainer.should_save_checkpoint_on_current_rank,
     "suffix": Trainer.checkpoint_suffix,
     "load": Trainer.load_checkpoint,
 }
+
+
+def _state_dict(trainer):
+    state = _fairseq["state_dict"](trainer)
+    state["model"] = rank_share(state["model"], trainer.get_model())
+    return state
 
 
 def _should_save(trainer) -> bool:
@@ -110,6 +124,7 @@ def _load_checkpoint(trainer, *args, **kwargs):
 
 def install_per_rank_checkpoints() -> None:
     """Teach fairseq's Trainer the rule above; models without parallel experts keep fairseq's."""
+    Trainer.state_dict = _state_dict
     Trainer.should_save_checkpoint_on_current_rank = property(_should_save)
     Trainer.checkpoint_suffix = property(_suffix)
     Trainer.load_checkpoint = _load_checkpoint

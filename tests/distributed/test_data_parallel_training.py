@@ -9,6 +9,7 @@ weights (Adam would hide a scale error).
 
 import pytest
 import torch
+import torch.distributed as dist
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.trainer import Trainer
@@ -16,6 +17,7 @@ from helpers import make_dictionary, run_on_ranks
 from torch.nn.parallel import DistributedDataParallel
 
 import fairseq_smlp
+from fairseq_smlp.distributed.expert_checkpoints import rank_share
 
 USER_DIR = fairseq_smlp.__path__[0]
 WORLD, STEPS, BATCH, TOKENS_PER_SAMPLE, VOCAB = 2, 2, 3, 20, 40
@@ -94,6 +96,17 @@ def compare(rank, name, parameter, got, want):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+def check_a_rank_refuses_another_ranks_file(trainer, rank):
+    """What rank 0 saves holds the shared weights and rank 0's experts; rank 1 must not load
+    it as its own (it raises before any exchange, so rank 0 only sends)."""
+    model = trainer.get_model()
+    share = [rank_share(model.state_dict(), model) if rank == 0 else None]
+    dist.broadcast_object_list(share, src=0)
+    if rank == 1:
+        with pytest.raises(ValueError, match="holds the experts of rank 0, not those of rank 1"):
+            model.load_state_dict(share[0])
+
+
 def check_pytorch_ddp_leaves_experts_alone(model, rank):
     """DDP neither overwrites this rank's experts with rank 0's at start nor averages them."""
     experts = {name for name, p in model.named_parameters() if hasattr(p, "expert")}
@@ -120,6 +133,7 @@ def on_rank(rank, world_size, data_dir, references):
         for name, weight in record["weights"].items():
             compare(rank, f"{case} weight {name}", parameters[name], weight,
                     reference["weights"][name])
+    check_a_rank_refuses_another_ranks_file(trainer, rank)
     check_pytorch_ddp_leaves_experts_alone(trainer.get_model(), rank)
 
 
