@@ -1,0 +1,1 @@
+"""The comparison harness: FLOPs accounting, the compared systems, the report."""
