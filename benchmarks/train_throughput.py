@@ -1,73 +1,117 @@
-"""Training throughput (tokens/s from fairseq-train's own log) of smlp_deterministic_tiny against
-a gmlp_lm of equal active FLOPs per token, on the same prepared data.
+"""Training throughput of every compared system, side by side in one run: fairseq-train for a
+fixed number of updates per system, tokens/s, the ratio to the dense Transformer, and model
+FLOPs utilisation (MFU) against this machine's matrix-multiply peak, measured in the same run.
 
-    python benchmarks/train_throughput.py DATA_BIN [--updates 200] [--cpu]
+    python benchmarks/train_throughput.py DATA_BIN [--scale cpu] [--updates 60]
+        [--systems a,b] [--batch-size 16] [-- extra fairseq-train flags]
+    python benchmarks/train_throughput.py DATA_BIN --scale paper --batch-size 8 -- --bf16
 
-Active FLOPs are counted per token, forward, for what the implementation computes: U and V of
-every block, the full (T x T) spatial product (the causal mask zeroes half of it but the matrix
-product still runs), and for a sparse block the tMoE's centroid scores and one expert FFN.
-Embedding, output projection and layer norms are the same for both models and left out.
+Systems and their equal-FLOPs sizes come from fairseq_smlp/comparison/systems.py, FLOPs per
+token from fairseq_smlp/comparison/flops.py. Tokens/s counts every token a step processes (for
+the partial-prediction system fairseq's own wps counts the scored 80% only) and averages the
+log intervals after the first, which holds start-up and warm-up. MFU = tokens/s x training
+FLOPs per token / peak, the peak being the best of a few large matrix products in the training
+dtype (fp32 on CPU; bf16 with --bf16, fp16 with --fp16 on a GPU).
 """
 
 import argparse
+import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import torch
 import fairseq_smlp
+from fairseq_smlp.comparison.flops import model_costs, parse_training_args, vocabulary_size
+from fairseq_smlp.comparison.systems import SYSTEMS, TOKENS_PER_SAMPLE, system
 
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
+TRAIN_INNER = re.compile(r"\| train_inner \| (\{.*\})\s*$")
 
 
-def gmlp_block_macs(embed_dim: int, ffn_dim: int, context: int) -> int:
-    return embed_dim * ffn_dim + (ffn_dim // 2) * embed_dim + context * (ffn_dim // 2)
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 10) -> float:
+    """FLOP/s of the fastest of ``repeats`` (size x size) @ (size x size) products."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 2):  # the first two warm up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
-def sparse_block_macs(embed_dim: int, ffn_dim: int, context: int, tmoe_experts: int) -> int:
-    tmoe = tmoe_experts * embed_dim + 2 * embed_dim * ffn_dim
-    return gmlp_block_macs(embed_dim, ffn_dim, context) + tmoe
+def tokens_per_second(log: str, tokens_per_step: int) -> float:
+    """Mean over the log intervals after the first of the tokens processed per second."""
+    intervals = [json.loads(m.group(1)) for m in map(TRAIN_INNER.search, log.splitlines()) if m]
+    if len(intervals) < 2:
+        raise RuntimeError("fewer than two log intervals: raise --updates")
+    rates = [float(i["wps"]) * tokens_per_step / float(i["wpb"]) for i in intervals[1:]]
+    return sum(rates) / len(rates)
 
 
-def train_words_per_second(data: str, arch: str, extra, updates: int, device_args) -> float:
-    command = [
-        sys.executable, "-m", "fairseq_cli.train", data, "--user-dir", USER_DIR,
-        "--task", "language_modeling", "--criterion", "moe_cross_entropy", "--arch", arch,
-        *extra, "--tokens-per-sample", "128", "--sample-break-mode", "none", "--batch-size", "16",
-        "--optimizer", "adam", "--lr", "1e-3", "--max-update", str(updates),
-        "--disable-validation", "--no-save", "--log-format", "simple",
-        "--log-interval", str(updates), "--num-workers", "0", *device_args,
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True)
-    summary = [line for line in output.stdout.splitlines() if "| train |" in line][-1]
-    return float(re.search(r"wps ([\d.]+)", summary).group(1))
+def split_at_double_dash(argv):
+    """This script's flags, and those after '--' for every fairseq-train (e.g. --bf16)."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="a binarized data directory (examples/prepare_data.sh)")
-    parser.add_argument("--updates", type=int, default=200)
-    parser.add_argument("--cpu", action="store_true")
-    args = parser.parse_args()
-    device_args = ["--cpu"] if args.cpu else []
+    parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu",
+                        help="the systems' sizes (fairseq_smlp/comparison/systems.py)")
+    parser.add_argument("--updates", type=int, default=60, help="updates per system")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per update")
+    parser.add_argument("--systems", default=",".join(s.name for s in SYSTEMS),
+                        help="comma-separated systems to run (default: all)")
+    own, extra = split_at_double_dash(sys.argv[1:])
+    args = parser.parse_args(own)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if "--bf16" in extra else torch.float16 if "--fp16" in extra else (
+        torch.float32)
+    peak = matmul_peak(device, dtype, 8192 if cuda else 1024)
+    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; {str(dtype).split('.')[-1]} matmul peak {peak / 1e12:.2f} TFLOP/s")
 
-    # smlp_deterministic_tiny: 4 blocks of d_model 128, d_ffn 512, 2 sparse with 4 tMoE experts.
-    embed, ffn, context, layers, sparse, experts = 128, 512, 128, 4, 2, 4
-    smlp_macs = (layers - sparse) * gmlp_block_macs(embed, ffn, context) + sparse * (
-        sparse_block_macs(embed, ffn, context, experts)
-    )
-    gmlp_layers = round(smlp_macs / gmlp_block_macs(embed, ffn, context))
-    gmlp_macs = gmlp_layers * gmlp_block_macs(embed, ffn, context)
+    log_interval = max(args.updates // 6, 1)
+    tokens_per_step = args.batch_size * TOKENS_PER_SAMPLE[args.scale]
+    rows = []
+    for name in args.systems.split(","):
+        flags = system(name).flags(args.scale)
+        model_args = parse_training_args([args.data, *flags])
+        costs = model_costs(model_args, vocabulary_size(model_args))
+        command = [
+            sys.executable, "-m", "fairseq_cli.train", args.data, "--user-dir", USER_DIR, *flags,
+            "--sample-break-mode", "none", "--batch-size", str(args.batch_size),
+            "--optimizer", "adam", "--lr", "1e-4", "--max-update", str(args.updates),
+            "--disable-validation", "--no-save", "--num-workers", "0", "--log-format", "json",
+            "--log-interval", str(log_interval), *([] if cuda else ["--cpu"]), *extra,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"fairseq-train failed for {name}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        rate = tokens_per_second(result.stdout + result.stderr, tokens_per_step)
+        rows.append((name, costs.train_flops_per_token, rate))
+        print(f"  {name}: {rate:,.0f} tokens/s", file=sys.stderr)
 
-    rows = [
-        ("smlp_deterministic_tiny", [], smlp_macs),
-        (f"gmlp_lm_tiny, {gmlp_layers} layers", ["--decoder-layers", str(gmlp_layers)], gmlp_macs),
-    ]
-    print(f"{'model':<30}{'MFLOPs/token':>14}{'tokens/s':>12}")
-    for label, extra, macs in rows:
-        arch = label.split(",")[0]
-        wps = train_words_per_second(args.data, arch, extra, args.updates, device_args)
-        print(f"{label:<30}{2 * macs / 1e6:>14.2f}{wps:>12.0f}")
+    dense = dict((n, r) for n, _, r in rows).get("transformer")
+    print(f"\n{'system':<20}{'MFLOPs/token':>14}{'tokens/s':>12}{'x dense':>9}{'TFLOP/s':>9}"
+          f"{'MFU':>7}")
+    for name, flops, rate in rows:
+        ratio = f"{rate / dense:.2f}" if dense else "-"
+        achieved = rate * flops
+        print(f"{name:<20}{flops / 1e6:>14.1f}{rate:>12,.0f}{ratio:>9}{achieved / 1e12:>9.3f}"
+              f"{achieved / peak:>7.1%}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""The systems of the paper's comparison, each at two scales, sized to equal FLOPs per token.
+
+Every system is a fairseq-train arch with its task and criterion and the size flags that give it
+the training FLOPs per token of the others at the same scale (see docs/flops.md for the formulas;
+tests/comparison/test_systems.py holds them within 1% of each other):
+
+- ``cpu``: the bundled corpus on a laptop, T = 128, d_model 128. The reference is
+  smlp_deterministic_tiny (4 blocks, 2 of them sparse, 4 experts per sMoE and tMoE); the others
+  keep 4 layers where they have layers to keep, and their FFN width (or gMLP's depth) is chosen
+  to match it.
+- ``paper``: the paper's main comparison (d_model 1024, d_ffn 4096, T = 1024, 16 experts per MoE
+  layer). The reference is fairseq's ``transformer_lm_gpt3_medium``, the dense shape of the MoE
+  baselines; the all-MLP models match it by depth, GShard (two experts per token) by FFN width.
+
+    python -m fairseq_smlp.comparison.systems list
+    python -m fairseq_smlp.comparison.systems flags smlp_deterministic --scale cpu
+"""
+
+import argparse
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+SCALES = ("cpu", "paper")
+TOKENS_PER_SAMPLE = {"cpu": 128, "paper": 1024}
+
+LM, PARTIAL_LM = "language_modeling", "partial_prediction_lm"
+
+
+@dataclass(frozen=True)
+class System:
+    name: str  # the run directory and the row of the report
+    title: str
+    task: str
+    criterion: str
+    model_flags: Dict[str, Tuple[str, ...]]  # scale -> --arch and size flags
+
+    def flags(self, scale: str) -> List[str]:
+        """fairseq-train flags that pick this system at ``scale``: task, criterion, arch, size
+        and context. Training hyperparameters are the caller's."""
+        if scale not in SCALES:
+            raise ValueError(f"--scale must be one of {', '.join(SCALES)}; got '{scale}'")
+        return [
+            "--task", self.task, "--criterion", self.criterion, *self.model_flags[scale],
+            "--tokens-per-sample", str(TOKENS_PER_SAMPLE[scale]),
+        ]
+
+
+SYSTEMS: Tuple[System, ...] = (
+    System(
+        "transformer", "Transformer (dense)", LM, "cross_entropy",
+        {
+            # The shape of the _tiny MoE archs (base_lm_architecture's pre-norm layers, input
+            # and output at the model width), which --arch transformer_lm does not fill in.
+            "cpu": ("--arch", "transformer_lm", "--decoder-embed-dim", "128",
+                    "--decoder-input-dim", "128", "--decoder-output-dim", "128",
+                    "--decoder-normalize-before", "--decoder-ffn-embed-dim", "384",
+                    "--decoder-layers", "4", "--decoder-attention-heads", "4",
+                    "--share-decoder-input-output-embed"),
+            "paper": ("--arch", "transformer_lm_gpt3_medium"),
+        },
+    ),
+    System(
+        "gmlp", "gMLP (dense all-MLP)", LM, "cross_entropy",
+        {
+            "cpu": ("--arch", "gmlp_lm_tiny", "--decoder-layers", "6"),
+            "paper": ("--arch", "gmlp_lm", "--decoder-layers", "42"),
+        },
+    ),
+    System(
+        "smlp_deterministic", "sMLP, deterministic routing", LM, "moe_cross_entropy",
+        {
+            "cpu": ("--arch", "smlp_deterministic_tiny"),
+            "paper": ("--arch", "smlp_deterministic", "--decoder-layers", "28",
+                      "--sparse-layers", "14"),
+        },
+    ),
+    System(
+        "smlp_partial", "sMLP, partial prediction", PARTIAL_LM, "partial_prediction_cross_entropy",
+        {
+            "cpu": ("--arch", "smlp_partial_tiny"),
+            "paper": ("--arch", "smlp_partial", "--decoder-layers", "28", "--sparse-layers", "14"),
+        },
+    ),
+    System(
+        "gshard", "GShard (top-2)", LM, "moe_cross_entropy",
+        {
+            "cpu": ("--arch", "transformer_lm_gshard_tiny", "--decoder-ffn-embed-dim", "256"),
+            "paper": ("--arch", "transformer_lm_gshard", "--decoder-ffn-embed-dim", "2752",
+                      "--moe-second-expert-policy", "all"),
+        },
+    ),
+    System(
+        "switch", "Switch (top-1)", LM, "moe_cross_entropy",
+        {
+            "cpu": ("--arch", "transformer_lm_switch_tiny", "--decoder-ffn-embed-dim", "384"),
+            "paper": ("--arch", "transformer_lm_switch"),
+        },
+    ),
+    System(
+        "base", "BASE layers", LM, "moe_cross_entropy",
+        {
+            "cpu": ("--arch", "transformer_lm_base_tiny", "--decoder-ffn-embed-dim", "384"),
+            "paper": ("--arch", "transformer_lm_base"),
+        },
+    ),
+    System(
+        "hash", "Hash layers", LM, "moe_cross_entropy",
+        {
+            "cpu": ("--arch", "transformer_lm_hash_tiny", "--decoder-ffn-embed-dim", "384"),
+            "paper": ("--arch", "transformer_lm_hash"),
+        },
+    ),
+)
+
+REFERENCE = {"cpu": "smlp_deterministic", "paper": "transformer"}
+
+
+def system(name: str) -> System:
+    for candidate in SYSTEMS:
+        if candidate.name == name:
+            return candidate
+    raise ValueError(
+        f"unknown system '{name}'; valid: {', '.join(s.name for s in SYSTEMS)}"
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description="The compared systems and their fairseq-train flags."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="print the systems' names, one a line")
+    flags = commands.add_parser(
+        "flags", help="print a system's task, criterion, arch and size flags, one a line"
+    )
+    flags.add_argument("name", help="a system name from 'list'")
+    flags.add_argument("--scale", choices=SCALES, default="cpu", help="which size (default: cpu)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print("\n".join(s.name for s in SYSTEMS))
+        return
+    try:
+        print("\n".join(system(args.name).flags(args.scale)))
+    except ValueError as error:
+        parser.error(str(error))
+
+
+if __name__ == "__main__":
+    main()

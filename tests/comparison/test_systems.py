@@ -1,0 +1,84 @@
+"""The compared systems: their flags parse with fairseq's own parser, every scale holds them at
+equal training FLOPs per token, and the paper-scale scripts hand fairseq-train what systems.py
+says."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fairseq_smlp.comparison.flops import model_costs, parse_training_args
+from fairseq_smlp.comparison.systems import REFERENCE, SCALES, SYSTEMS, system
+
+REPO = Path(__file__).resolve().parents[2]
+# Vocabulary sizes of the corpora each scale is meant for: the bundled corpus's sentencepiece
+# model, GPT-2's byte-level BPE as fairseq's dictionary holds it.
+VOCAB = {"cpu": 4096, "paper": 50264}
+
+
+def parse(argv):
+    """fairseq-train's parser with the arch's defaults filled in, as fairseq-train runs it."""
+    return parse_training_args(["unused-data-dir", *argv])
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_every_system_parses_as_its_arch_task_and_criterion(scale):
+    for candidate in SYSTEMS:
+        args = parse(candidate.flags(scale))
+        arch = candidate.model_flags[scale][candidate.model_flags[scale].index("--arch") + 1]
+        assert (args.arch, args.task, args.criterion) == (arch, candidate.task,
+                                                         candidate.criterion)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_systems_of_a_scale_cost_the_same_flops_per_token(scale):
+    flops = {s.name: model_costs(parse(s.flags(scale)), VOCAB[scale]).train_flops_per_token
+             for s in SYSTEMS}
+    reference = flops[REFERENCE[scale]]
+    off = {name: f"{value / reference - 1:+.2%}" for name, value in flops.items()
+           if abs(value / reference - 1) > 0.01}
+    assert not off, f"more than 1% from {REFERENCE[scale]}'s FLOPs per token: {off}"
+
+
+def test_unknown_system_and_scale_name_what_is_valid():
+    with pytest.raises(ValueError, match="unknown system 'gpt'; valid: transformer, gmlp"):
+        system("gpt")
+    with pytest.raises(ValueError, match="--scale must be one of cpu, paper; got 'tpu'"):
+        SYSTEMS[0].flags("tpu")
+
+
+def run_paper_script(tmp_path, name, *extra, gpus="32"):
+    """examples/paper/NAME.sh with fairseq-train replaced by a script that prints its argv."""
+    printer = tmp_path / "print_argv.py"
+    printer.write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    env = dict(os.environ, GPUS=gpus, FAIRSEQ_TRAIN=f"{sys.executable} {printer}",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run(["bash", f"examples/paper/{name}.sh", "data-bin", *extra], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+
+
+def test_paper_scripts_train_their_system_with_the_recipe(tmp_path):
+    for candidate in SYSTEMS:
+        result = run_paper_script(tmp_path, candidate.name, "--max-update", "10", gpus="8")
+        assert result.returncode == 0, result.stderr[-2000:]
+        argv = json.loads(result.stdout.strip().splitlines()[-1])
+        assert argv[0] == "data-bin"
+        args = parse_training_args(argv)
+        expected = parse(candidate.flags("paper"))
+        assert (args.arch, args.task, args.criterion) == (
+            expected.arch, expected.task, expected.criterion)
+        # The same FLOPs and parameter counts: the model systems.py describes.
+        assert model_costs(args, VOCAB["paper"]) == model_costs(expected, VOCAB["paper"])
+        # 8 GPUs x 8 sequences x update-freq 8 = 512 sequences of 1024 tokens per update.
+        assert args.batch_size * args.update_freq[0] * 8 == 512
+        assert args.max_update == 10  # flags after DATA_BIN override the recipe
+        assert args.fp16 and args.fp16_no_flatten_grads
+
+
+def test_paper_script_refuses_a_gpu_count_that_does_not_split_the_batch(tmp_path):
+    result = run_paper_script(tmp_path, "switch", gpus="12")
+    assert result.returncode == 2
+    assert "GPUS must divide 64" in result.stderr and "got '12'" in result.stderr
