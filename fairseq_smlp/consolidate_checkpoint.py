@@ -4,7 +4,9 @@ single process (fairseq-eval-lm) or to fine-tune on another number of ranks.
     python -m fairseq_smlp.consolidate_checkpoint checkpoints/run/checkpoint_best.pt
 
 reads checkpoints/run/checkpoint_best-rank-*.pt and writes checkpoints/run/checkpoint_best.pt
-(or --output). The optimizer state is left out: it was laid out per rank.
+(or --output). A --ddp-backend fully_sharded run writes checkpoint_best-shard*.pt instead; their
+merge needs an --output of another name, since fairseq-eval-lm reads NAME-shard0.pt in place of
+NAME.pt when both exist. The optimizer state is left out: it was laid out per rank.
 """
 
 import argparse
@@ -17,16 +19,19 @@ import torch
 from fairseq import checkpoint_utils
 
 from .distributed.expert_checkpoints import SHARDS_KEY
+from .distributed.fully_sharded_checkpoints import consolidate_sharded
+
+RANK_MARKER, FSDP_SHARD_MARKER = "-rank-", "-shard"
 
 
-def rank_files(path: Path) -> List[Path]:
-    pattern = re.compile(re.escape(path.stem) + r"-rank-(\d+)\.pt$")
-    found = {int(m.group(1)): p for p in path.parent.glob(f"{path.stem}-rank-*.pt")
+def rank_files(path: Path, marker: str = RANK_MARKER) -> List[Path]:
+    pattern = re.compile(re.escape(path.stem + marker) + r"(\d+)\.pt$")
+    found = {int(m.group(1)): p for p in path.parent.glob(f"{path.stem}{marker}*.pt")
              if (m := pattern.match(p.name))}
     if not found:
         raise FileNotFoundError(
-            f"no rank files {path.stem}-rank-<R>.pt next to {path}: give the checkpoint's name "
-            f"without the -rank-<R> suffix"
+            f"no rank files {path.stem}{marker}<R>.pt next to {path}: give the checkpoint's name "
+            f"without the {marker}<R> suffix"
         )
     missing = sorted(set(range(max(found) + 1)) - set(found))
     if missing:
@@ -51,6 +56,15 @@ def merge_model_states(states: List[Dict]) -> Dict:
 
 
 def consolidate(path: Path, output: Path) -> int:
+    if any(path.parent.glob(f"{path.stem}{FSDP_SHARD_MARKER}*.pt")):
+        if output == path:
+            raise ValueError(
+                f"fairseq-eval-lm reads {path.stem}{FSDP_SHARD_MARKER}0.pt in place of "
+                f"{path.name}: give the merged file another name with --output"
+            )
+        files = rank_files(path, FSDP_SHARD_MARKER)
+        consolidate_sharded(files, output)
+        return len(files)
     files = rank_files(path)
     # As fairseq wrote them (fairseq's own loader would turn the config into objects that
     # torch.load's default weights_only mode then refuses).

@@ -9,6 +9,11 @@ state stays whole in every file, since fairseq restores it per rank.
 A single process holds all experts; ``python -m fairseq_smlp.consolidate_checkpoint`` merges the
 rank files into one checkpoint for it (fairseq-eval-lm), which also fine-tunes on any number of
 ranks (``--finetune-from-model``): each rank then keeps its rows of every expert parameter.
+
+Under --ddp-backend fully_sharded (with --use-sharded-state, fully_sharded.py) fairseq's own rule
+already has every rank save and load its own ``-shardR`` file: its shard of the shared weights and
+its experts. The plugin then only adds the entry that says which experts those are, next to the
+model state, for fully_sharded_checkpoints.py to merge the files.
 """
 
 import torch.distributed as dist
@@ -16,14 +21,35 @@ from fairseq.trainer import Trainer
 from omegaconf import open_dict
 from torch import nn
 
-# The entry of a rank's model state that lists its experts: {"rank", "world_size", "experts":
-# {parameter name: (group rank, group size)}}.
+# The entry of a rank's model state (of its checkpoint under fully_sharded) that lists its
+# experts: {"rank", "world_size", "experts": {parameter name: (group rank, group size)}}.
 SHARDS_KEY = "_expert_shards"
 CONSOLIDATE = "python -m fairseq_smlp.consolidate_checkpoint"
+# Module names FSDP puts between a module and its wrapped children (fairscale's
+# FullyShardedDataParallel and FlattenParamsWrapper); state dicts leave them out.
+FSDP_WRAPPER_NAMES = {"_fsdp_wrapped_module", "_fpw_module"}
+
+
+def state_key(name: str) -> str:
+    """A parameter's name as state dicts spell it, without FSDP's wrapper modules."""
+    return ".".join(part for part in name.split(".") if part not in FSDP_WRAPPER_NAMES)
 
 
 def parallel_experts(model: nn.Module):
-    return {name: p for name, p in model.named_parameters() if hasattr(p, "expert_placement")}
+    return {state_key(name): p for name, p in model.named_parameters()
+            if hasattr(p, "expert_placement")}
+
+
+def shards_entry(experts) -> dict:
+    """The SHARDS_KEY entry for this rank's ``experts`` (name -> parameter)."""
+    return {
+        "rank": dist.get_rank(),
+        "world_size": dist.get_world_size(),
+        "experts": {
+            name: (p.expert_placement.group_rank, p.expert_placement.group_size)
+            for name, p in experts.items()
+        },
+    }
 
 
 def rank_share(model_state, model: nn.Module):
@@ -34,14 +60,7 @@ def rank_share(model_state, model: nn.Module):
         return model_state
     share = model_state if dist.get_rank() == 0 else {
         key: value for key, value in model_state.items() if key in experts}
-    share[SHARDS_KEY] = {
-        "rank": dist.get_rank(),
-        "world_size": dist.get_world_size(),
-        "experts": {
-            name: (p.expert_placement.group_rank, p.expert_placement.group_size)
-            for name, p in experts.items()
-        },
-    }
+    share[SHARDS_KEY] = shards_entry(experts)
     return share
 
 
@@ -100,7 +119,11 @@ _fairseq = {
 
 def _state_dict(trainer):
     state = _fairseq["state_dict"](trainer)
-    state["model"] = rank_share(state["model"], trainer.get_model())
+    model = trainer.get_model()
+    if not trainer.is_fsdp:
+        state["model"] = rank_share(state["model"], model)
+    elif experts := parallel_experts(model):  # the model state is this rank's shard already
+        state[SHARDS_KEY] = shards_entry(experts)
     return state
 
 
@@ -110,7 +133,7 @@ def _should_save(trainer) -> bool:
 
 def _suffix(trainer) -> str:
     suffix = _fairseq["suffix"].fget(trainer)
-    if trainer_holds_parallel_experts(trainer):
+    if trainer_holds_parallel_experts(trainer) and not trainer.is_fsdp:  # FSDP's is -shardR
         suffix += f"-rank-{trainer.data_parallel_rank}"
     return suffix
 

@@ -10,7 +10,8 @@ Expert parameters are marked ``param.expert = True`` as fairseq's own MoE code d
 ``legacy_ddp`` leaves them out of the data-parallel all-reduce, and the model lists them for
 PyTorch DDP to ignore (``pytorch_ddp``). Their gradients are divided by W, since fairseq divides
 the gradients of every parameter by the global sample size after scaling them by W (DDP averages
-over ranks, an expert's gradient is already the sum over the global batch).
+over ranks, an expert's gradient is already the sum over the global batch). Under
+``--ddp-backend fully_sharded`` the experts get FSDP instances of their own (fully_sharded.py).
 """
 
 from dataclasses import dataclass
@@ -18,11 +19,11 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-from fairscale.nn.wrap.auto_wrap import ConfigAutoWrap
 from torch import nn
 
 from .all_to_all import all_to_all
 from .expert_checkpoints import install_per_rank_checkpoints
+from .fully_sharded import building_fully_sharded, check_fully_sharded_options
 from .grad_norm import install_expert_grad_norm
 
 # (world size, group size) -> (this rank's all-to-all group, this rank's replica group). Groups
@@ -38,6 +39,7 @@ class ExpertPlacement:
     group_rank: int = 0
     replica_group: Optional[object] = None  # ranks holding the same experts
     num_replicas: int = 1
+    fully_sharded: bool = False  # experts in FSDP instances over their replica group
 
     @property
     def is_parallel(self) -> bool:
@@ -50,6 +52,12 @@ class ExpertPlacement:
     @property
     def world_size(self) -> int:
         return self.group_size * self.num_replicas
+
+    @property
+    def gradient_copies(self) -> int:
+        """Ranks holding each entry of an expert gradient after the backward pass: every replica,
+        unless FSDP has sharded the gradient over the replicas."""
+        return 1 if self.fully_sharded else self.num_replicas
 
     @property
     def local_slice(self) -> slice:
@@ -83,6 +91,9 @@ class ExpertPlacement:
         return self  # process groups are handles to shared communicators, not state
 
     def scale_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """To sum(global batch) / W. Under FSDP, which then averages over the replicas, / G."""
+        if self.fully_sharded:
+            return grad / self.group_size
         if self.num_replicas > 1:
             grad = grad.clone()
             dist.all_reduce(grad, group=self.replica_group)
@@ -111,8 +122,9 @@ def expert_placement(num_experts: int, flag: str) -> ExpertPlacement:
     if world_size == 1:
         return ExpertPlacement(num_experts)
     group_size = min(world_size, num_experts)
-    if group_size > 1:
-        refuse_fully_sharded(flag, num_experts, world_size)
+    fully_sharded = group_size > 1 and building_fully_sharded()
+    if fully_sharded:
+        check_fully_sharded_options(flag, num_experts, world_size)
     group, replica_group = process_groups(world_size, group_size)
     install_expert_grad_norm()
     install_per_rank_checkpoints()
@@ -120,19 +132,8 @@ def expert_placement(num_experts: int, flag: str) -> ExpertPlacement:
     return ExpertPlacement(
         num_experts, group=group, group_size=group_size, group_rank=rank % group_size,
         replica_group=replica_group, num_replicas=world_size // group_size,
+        fully_sharded=fully_sharded,
     )
-
-
-def refuse_fully_sharded(flag: str, num_experts: int, world_size: int) -> None:
-    """fairseq builds the model inside fairscale's wrapping context for --ddp-backend
-    fully_sharded; FSDP would flatten the experts into sharded buffers, losing their marks and
-    averaging their gradients over ranks that hold other experts."""
-    if ConfigAutoWrap.in_autowrap_context:
-        raise ValueError(
-            f"--ddp-backend fully_sharded cannot yet hold experts spread over ranks ({flag} "
-            f"{num_experts} over {world_size} ranks): use --ddp-backend legacy_ddp (or "
-            f"pytorch_ddp on GPUs)"
-        )
 
 
 def process_groups(world_size: int, group_size: int):

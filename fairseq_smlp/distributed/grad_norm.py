@@ -7,6 +7,8 @@ includes them differs between ranks (fairseq then stops with "gradients are inco
 workers"). Once a model places experts over several ranks, fairseq's function is wrapped so that
 the norm is that of the whole model: the squared norms of this rank's experts are summed over all
 ranks, each replicated expert counted once, and added to fairseq's own norm of the shared part.
+Under --ddp-backend fully_sharded fairseq's own part is the norm of the shared shards, all-reduced
+over the ranks by the aggregate function fairseq's Trainer passes in.
 """
 
 import torch
@@ -22,12 +24,15 @@ def clip_grad_norm_with_experts(params, max_norm, aggregate_norm_fn=None) -> tor
     experts = [p for p in params if hasattr(p, "expert") and getattr(p, "grad", None) is not None]
     if not experts:
         return _fairseq_clip_grad_norm(params, max_norm, aggregate_norm_fn)
-    shared_norm = _fairseq_clip_grad_norm(params, 0, aggregate_norm_fn)  # 0: measure only
+    shared_norm = _fairseq_clip_grad_norm(params, 0, aggregate_norm_fn).float()  # 0: measure only
+    # On the shared norm's device, where the process group communicates (the expert gradients
+    # may have been moved to the CPU by --cpu-offload).
     expert_square = sum(
-        p.grad.detach().float().square().sum() / replicas(p) for p in experts
+        p.grad.detach().float().square().sum().to(shared_norm.device) / gradient_copies(p)
+        for p in experts
     )
     dist.all_reduce(expert_square)
-    total_norm = (shared_norm.float().to(expert_square.device).square() + expert_square).sqrt()
+    total_norm = (shared_norm.square() + expert_square).sqrt()
     if max_norm > 0:
         clip_coef = (float(max_norm) / (total_norm + 1e-6)).clamp_(max=1)
         grads = [p.grad.detach() for p in params if getattr(p, "grad", None) is not None]
@@ -35,11 +40,11 @@ def clip_grad_norm_with_experts(params, max_norm, aggregate_norm_fn=None) -> tor
     return total_norm
 
 
-def replicas(parameter) -> int:
-    """Ranks holding the same copy of this expert parameter (1 unless there are more ranks than
-    experts)."""
+def gradient_copies(parameter) -> int:
+    """Ranks holding the same copy of this expert parameter's gradient (1 unless there are more
+    ranks than experts and no FSDP shards the gradient over them)."""
     placement = getattr(parameter, "expert_placement", None)
-    return 1 if placement is None else placement.num_replicas
+    return 1 if placement is None else placement.gradient_copies
 
 
 def install_expert_grad_norm() -> None:

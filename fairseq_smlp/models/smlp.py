@@ -15,6 +15,7 @@ from fairseq.utils import safe_getattr
 from torch import nn
 
 from ..distributed.expert_placement import expert_placement
+from ..distributed.fully_sharded import wrap_experts
 from ..modules.smoe import DeterministicSMoE, PartialPredictionSMoE
 from ..modules.sparse_block import SparseMlpBlock
 from ..modules.tmoe import TokenMoE
@@ -123,6 +124,7 @@ class SmlpLanguageModel(GmlpLanguageModel):
             if context is None:
                 smoe = DeterministicSMoE(width, args.smoe_expert_count, max_positions,
                                          smoe_placement)
+                smoe = wrap_experts(smoe, smoe_placement)  # nothing but experts in it
             else:
                 smoe = PartialPredictionSMoE(width, args.smoe_expert_count, max_positions, context,
                                              smoe_placement)

@@ -19,6 +19,8 @@ class BatchedFeedForwardExperts(nn.Module):
     ):
         super().__init__()
         self.activation = activation
+        # For the description only: FSDP may hold the parameters as flat shards.
+        self.shape = (num_experts, embed_dim, ffn_dim)
         # nn.Linear's default initialisation, per expert.
         bound_in, bound_out = 1 / math.sqrt(embed_dim), 1 / math.sqrt(ffn_dim)
         self.fc1_weight = nn.Parameter(
@@ -35,5 +37,5 @@ class BatchedFeedForwardExperts(nn.Module):
         return torch.baddbmm(self.fc2_bias, hidden, self.fc2_weight)  # (E, C, D)
 
     def extra_repr(self) -> str:
-        e, d, f = self.fc1_weight.shape
+        e, d, f = self.shape
         return f"num_experts={e}, embed_dim={d}, ffn_dim={f}"

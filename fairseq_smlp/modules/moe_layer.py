@@ -12,6 +12,7 @@ from ..distributed.expert_placement import (
     group_max,
     run_experts,
 )
+from ..distributed.fully_sharded import wrap_experts
 from .expert_load import load_cv
 from .moe_dispatch import combine, dispatch
 
@@ -23,8 +24,8 @@ class MoELayer(nn.Module):
     fraction of choices over capacity) and the gate's own.
 
     ``experts`` is built with all E experts; under a parallel ``placement`` this rank keeps its
-    share of them, every rank routes its own tokens and the per-expert buffers travel to the
-    experts' ranks and back.
+    share of them (in an FSDP instance of their own under --ddp-backend fully_sharded), every
+    rank routes its own tokens and the per-expert buffers travel to the experts' ranks and back.
     """
 
     stats_name = "moe"
@@ -40,7 +41,7 @@ class MoELayer(nn.Module):
                 f"{num_experts}"
             )
         self.gate = gate
-        self.experts = self.placement.shard(experts)
+        self.experts = wrap_experts(self.placement.shard(experts), self.placement)
         self.num_experts = num_experts
         # Token ids of the tokens the next forward routes, for gates that need them (hash), when
         # the caller cannot pass them (inside fairseq's Transformer layer).

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
+from ..distributed.fully_sharded import wrap_experts
 from .balanced_assignment import balanced_assignment
 from .expert_load import load_cv
 from .spatial_projection import CausalSpatialProjection
@@ -79,7 +80,8 @@ class PartialPredictionSMoE(nn.Module):
         self.num_experts = num_experts
         self.context_positions = context_positions
         self.router = nn.Linear(context_positions, num_experts, bias=False)  # W_r
-        self.experts = SpatialExperts(width, num_experts, max_positions, placement)
+        experts = SpatialExperts(width, num_experts, max_positions, placement)
+        self.experts = wrap_experts(experts, experts.placement)
         self.last_assignment = None
         self.stats: Dict[str, torch.Tensor] = {}
 
