@@ -40,6 +40,7 @@ from matplotlib.ticker import LogFormatter  # noqa: E402
 
 from ..partial_prediction import DEFAULT_PREDICTION_FRACTION  # noqa: E402
 from .systems import PARTIAL_LM  # noqa: E402
+from .zero_shot_table import TaskScore, read_zero_shot, zero_shot_markdown  # noqa: E402
 
 TRAIN_LOG, SYSTEM_JSON = "train.log", "system.json"
 RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
@@ -218,6 +219,7 @@ class Run:
     name: str
     system: dict  # system.json
     log: TrainLog
+    zero_shot: Dict[str, TaskScore]  # zero_shot/<task>.json, by task; empty when not scored
 
 
 def read_system(path: Path) -> dict:
@@ -258,7 +260,8 @@ def read_runs(runs_dir: Path, skip: Sequence[Path] = ()) -> Dict[str, Run]:
             f"examples/compare_cpu.sh writes them"
         )
     return {
-        path.name: Run(path.name, read_system(path / SYSTEM_JSON), read_train_log(path / TRAIN_LOG))
+        path.name: Run(path.name, read_system(path / SYSTEM_JSON), read_train_log(path / TRAIN_LOG),
+                       read_zero_shot(path))
         for path in run_dirs
     }
 
@@ -296,6 +299,7 @@ class Report:
     rows: List[Row]  # by final validation perplexity
     reference: Optional[str]
     reference_ppl: Optional[float]  # the reference's final validation perplexity
+    zero_shot: Dict[str, Dict[str, TaskScore]]  # system -> task -> score, in the rows' order
 
 
 def choose_reference(runs: Dict[str, Run], reference: Optional[str]) -> Optional[str]:
@@ -344,7 +348,8 @@ def summarize(runs: Dict[str, Run], reference: Optional[str] = None) -> Report:
         ))
     rows.sort(key=lambda row: (not math.isfinite(row.final_valid_ppl), row.final_valid_ppl,
                                row.system))
-    return Report(rows, reference, reference_ppl)
+    zero_shot = {row.system: runs[row.system].zero_shot for row in rows}
+    return Report(rows, reference, reference_ppl, zero_shot)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -401,10 +406,11 @@ def markdown(report: Report, written: date) -> str:
             cells += [human_duration(row.seconds_to_reference),
                       NEVER if row.speedup is None else f"{row.speedup:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + [""] + notes(report, written)) + "\n"
+    body = lines + [""] + notes(report) + zero_shot_markdown(report.zero_shot)
+    return "\n".join(body + ["", f"Written {written.isoformat()}."]) + "\n"
 
 
-def notes(report: Report, written: date) -> List[str]:
+def notes(report: Report) -> List[str]:
     text = [
         "Sorted by final validation perplexity (fairseq's valid_ppl at the last validation; "
         "best: the lowest at any validation). tokens/s: training tokens (fairseq's wpb, tokens "
@@ -440,7 +446,7 @@ def notes(report: Report, written: date) -> List[str]:
                 f"last line, and validations after its last training line are timed at the pace "
                 f"of its last logged interval."
             )
-    return [line + "\n" for line in text] + [f"Written {written.isoformat()}."]
+    return "\n\n".join(text).split("\n")
 
 
 def results_json(report: Report, runs_dir: Path, written: date) -> dict:
@@ -450,6 +456,8 @@ def results_json(report: Report, runs_dir: Path, written: date) -> dict:
         "reference": report.reference,
         "reference_valid_ppl": report.reference_ppl,
         "systems": {row.system: asdict(row) for row in report.rows},
+        "zero_shot": {system: {task: asdict(score) for task, score in tasks.items()}
+                      for system, tasks in report.zero_shot.items()},
     }
 
 
@@ -521,7 +529,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     written = date.today()
     try:
         report = summarize(read_runs(args.runs_dir, skip=[out_dir]), args.reference)
-    except ReportError as error:
+    except ValueError as error:  # a ReportError, or a zero_shot/<task>.json it cannot read
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown(report, written)

