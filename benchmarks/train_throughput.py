@@ -16,7 +16,6 @@ dtype (fp32 on CPU; bf16 with --bf16, fp16 with --fp16 on a GPU).
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
@@ -26,9 +25,9 @@ import torch
 import fairseq_smlp
 from fairseq_smlp.comparison.flops import model_costs, parse_training_args, vocabulary_size
 from fairseq_smlp.comparison.systems import SYSTEMS, TOKENS_PER_SAMPLE, system
+from fairseq_smlp.comparison.train_log import PROGRESS_LINE
 
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
-TRAIN_INNER = re.compile(r"\| train_inner \| (\{.*\})\s*$")
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 10) -> float:
@@ -49,7 +48,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: in
 
 def tokens_per_second(log: str, tokens_per_step: int) -> float:
     """Mean over the log intervals after the first of the tokens processed per second."""
-    intervals = [json.loads(m.group(1)) for m in map(TRAIN_INNER.search, log.splitlines()) if m]
+    intervals = [json.loads(m.group(2)) for m in map(PROGRESS_LINE.search, log.splitlines())
+                 if m and m.group(1) == "train_inner"]
     if len(intervals) < 2:
         raise RuntimeError("fewer than two log intervals: raise --updates")
     rates = [float(i["wps"]) * tokens_per_step / float(i["wpb"]) for i in intervals[1:]]

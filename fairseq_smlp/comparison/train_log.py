@@ -1,0 +1,170 @@
+"""Reading one fairseq-train log: its validation curve, updates, wall-clock and training tokens.
+
+What fairseq's JSON progress lines hold (fairseq/logging/progress_bar.py, fairseq_cli/train.py):
+``train_inner`` every --log-interval updates, with the averages over those updates (``wpb``:
+tokens per update) and ``wall``, the seconds since the trainer was built (start-up, validation
+and checkpoints included); ``train`` at the end of each epoch (and at a stop), with the epoch's
+averages and every key prefixed ``train_``, so that fairseq's ``wall`` is ``train_wall`` there;
+``valid`` after each validation, with ``valid_ppl`` (2 ** the base-2 loss) and
+``valid_num_updates`` but no time. Partial-prediction runs count and score only the trailing
+--prediction-fraction of each block, in ``wpb`` as in ``valid_ppl``.
+"""
+
+import bisect
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+from ..partial_prediction import DEFAULT_PREDICTION_FRACTION
+
+# `<date> <time> | INFO | <tag> | {json}`: JsonProgressBar's lines, tagged by what they report.
+PROGRESS_LINE = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+# fairseq_cli.train's last line, written once training has ended normally.
+DONE_LINE = re.compile(r"\| fairseq_cli\.train \| done training in ")
+# fairseq_cli.train's dump of its whole configuration, which holds the task's options.
+PREDICTION_FRACTION = re.compile(r"'prediction_fraction': ([0-9.eE+-]+)")
+
+
+class ReportError(ValueError):
+    """A run directory, log or system.json the report cannot read; the message says why."""
+
+
+@dataclass(frozen=True)
+class ProgressLine:
+    """A train_inner or train line: where training stood when it was written."""
+
+    tag: str
+    num_updates: int
+    wall: float  # fairseq's `wall`: seconds since the trainer was built
+    tokens_per_update: float  # fairseq's `wpb`, averaged over the updates the line covers
+
+
+@dataclass(frozen=True)
+class ValidPoint:
+    num_updates: int
+    seconds: float  # fairseq's `wall` once update num_updates was done (see wall_clock_at)
+    ppl: float
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    """What one fairseq-train log says about its run."""
+
+    valid: List[ValidPoint]
+    num_updates: int
+    seconds: float
+    train_tokens: float
+    complete: bool  # the log ends with fairseq's "done training" line
+    prediction_fraction: float  # the task's --prediction-fraction; unused by other tasks
+
+
+def read_train_log(path: Path) -> TrainLog:
+    if not path.is_file():
+        raise ReportError(
+            f"{path}: missing; it is fairseq-train's output (stdout and stderr) for this system, "
+            f"run with --log-format json"
+        )
+    progress: List[ProgressLine] = []
+    valid: List[Tuple[int, float]] = []  # (num_updates, valid_ppl) in log order
+    complete = False
+    fraction = DEFAULT_PREDICTION_FRACTION
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        complete = complete or bool(DONE_LINE.search(line))
+        fraction_match = PREDICTION_FRACTION.search(line)
+        if fraction_match:
+            fraction = float(fraction_match.group(1))
+        match = PROGRESS_LINE.search(line)
+        if not match:
+            continue
+        tag, where = match.group(1), f"{path}:{number}"
+        try:
+            stats = json.loads(match.group(2))
+        except json.JSONDecodeError as error:
+            raise ReportError(f"{where}: the {tag} line is not valid JSON ({error})") from error
+        # train_inner keys are bare; train and valid lines prefix every key with their tag.
+        prefix = "" if tag == "train_inner" else f"{tag}_"
+
+        def stat(key: str) -> float:
+            if prefix + key not in stats:
+                raise ReportError(
+                    f"{where}: the {tag} line has no '{prefix + key}'; fairseq-train's JSON "
+                    f"progress lines always do (--log-format json)"
+                )
+            return float(stats[prefix + key])
+
+        if tag == "valid":
+            valid.append((int(stat("num_updates")), stat("ppl")))
+        else:
+            progress.append(ProgressLine(tag, int(stat("num_updates")), stat("wall"), stat("wpb")))
+            check_one_run(progress, where)
+    if not valid:
+        raise ReportError(
+            f"{path}: no validation line ('| valid | {{...}}' with valid_ppl); fairseq-train "
+            f"writes one after every validation, at each --validate-interval-updates and each "
+            f"epoch's end, when run with --log-format json and without --disable-validation"
+        )
+    if not progress:
+        raise ReportError(
+            f"{path}: no training line ('| train_inner | {{...}}' or '| train | {{...}}') to "
+            f"time its validations by; fairseq-train writes train_inner every --log-interval "
+            f"updates and train at each epoch's end, when run with --log-format json"
+        )
+    points = [ValidPoint(updates, wall_clock_at(progress, updates), ppl) for updates, ppl in valid]
+    return TrainLog(
+        valid=points,
+        num_updates=max(progress[-1].num_updates, points[-1].num_updates),
+        seconds=max(progress[-1].wall, points[-1].seconds),
+        train_tokens=training_tokens(progress),
+        complete=complete,
+        prediction_fraction=fraction,
+    )
+
+
+def check_one_run(progress: Sequence[ProgressLine], where: str) -> None:
+    """A restart from a checkpoint starts `wall` again from 0: times would no longer add up."""
+    if len(progress) < 2:
+        return
+    before, now = progress[-2], progress[-1]
+    for name, old, new in (("num_updates", before.num_updates, now.num_updates),
+                           ("wall", before.wall, now.wall)):
+        if new < old:
+            raise ReportError(
+                f"{where}: {name} goes back from {old:g} to {new:g}: the log holds more than one "
+                f"fairseq-train run (a restart from a checkpoint?); the report reads one "
+                f"uninterrupted run per directory"
+            )
+
+
+def training_tokens(progress: Sequence[ProgressLine]) -> float:
+    """Tokens trained on: each finished epoch from its train line (its wpb times its updates),
+    the unfinished rest from the train_inner lines after it (each one's wpb times the updates
+    since the line before)."""
+    finished = since_epoch_end = 0.0
+    epoch_end_updates = last_updates = 0
+    for line in progress:
+        if line.tag == "train":
+            finished += line.tokens_per_update * (line.num_updates - epoch_end_updates)
+            epoch_end_updates, since_epoch_end = line.num_updates, 0.0
+        else:
+            since_epoch_end += line.tokens_per_update * (line.num_updates - last_updates)
+        last_updates = line.num_updates
+    return finished + since_epoch_end
+
+
+def wall_clock_at(progress: Sequence[ProgressLine], num_updates: int) -> float:
+    """fairseq's `wall` once update `num_updates` was done: that of the first progress line at
+    that update (a train_inner line comes before the validation at its update), else linear
+    between the lines around it, from (0 updates, 0 s) at the start; past the last line, at the
+    pace of the last interval."""
+    times: Dict[int, float] = {0: 0.0}
+    for line in progress:
+        times.setdefault(line.num_updates, line.wall)
+    updates = sorted(times)
+    if num_updates in times:
+        return times[num_updates]
+    after = min(bisect.bisect(updates, num_updates), len(updates) - 1)
+    low, high = updates[after - 1], updates[after]
+    pace = (times[high] - times[low]) / (high - low)
+    return times[low] + pace * (num_updates - low)
