@@ -4,14 +4,15 @@ FLOPs utilisation (MFU) against this machine's matrix-multiply peak, measured in
 
     python benchmarks/train_throughput.py DATA_BIN [--scale cpu] [--updates 60]
         [--systems a,b] [--batch-size 16] [-- extra fairseq-train flags]
-    python benchmarks/train_throughput.py DATA_BIN --scale paper --batch-size 8 -- --bf16
+    python benchmarks/train_throughput.py DATA_BIN --scale paper --batch-size 8 -- --fp16
 
 Systems and their equal-FLOPs sizes come from fairseq_smlp/comparison/systems.py, FLOPs per
 token from fairseq_smlp/comparison/flops.py. Tokens/s counts every token a step processes (for
 the partial-prediction system fairseq's own wps counts the scored 80% only) and averages the
 log intervals after the first, which holds start-up and warm-up. MFU = tokens/s x training
 FLOPs per token / peak, the peak being the best of a few large matrix products in the training
-dtype (fp32 on CPU; bf16 with --bf16, fp16 with --fp16 on a GPU).
+dtype (fp32, or fp16 with --fp16, --memory-efficient-fp16 or --amp; fairseq's --bf16 is a
+TPU option).
 """
 
 import argparse
@@ -57,7 +58,7 @@ def tokens_per_second(log: str, tokens_per_step: int) -> float:
 
 
 def split_at_double_dash(argv):
-    """This script's flags, and those after '--' for every fairseq-train (e.g. --bf16)."""
+    """This script's flags, and those after '--' for every fairseq-train (e.g. --fp16)."""
     if "--" not in argv:
         return argv, []
     cut = argv.index("--")
@@ -77,8 +78,8 @@ def main():
     args = parser.parse_args(own)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if "--bf16" in extra else torch.float16 if "--fp16" in extra else (
-        torch.float32)
+    half = {"--fp16", "--memory-efficient-fp16", "--amp"} & set(extra)
+    dtype = torch.float16 if half else torch.float32
     peak = matmul_peak(device, dtype, 8192 if cuda else 1024)
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; {str(dtype).split('.')[-1]} matmul peak {peak / 1e12:.2f} TFLOP/s")
