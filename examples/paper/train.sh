@@ -15,8 +15,8 @@
 #   GPUS       number of GPUs of the whole job (default 32); the per-update batch stays
 #              GPUS x 8 sequences x 1024 tokens x UPDATE_FREQ = 524,288 tokens
 #   SAVE_DIR   checkpoints (default checkpoints/paper/SYSTEM)
-#   PRECISION  precision flags (default "--fp16 --fp16-no-flatten-grads": fairseq's flattened
-#              fp32 copy would lose the expert marks; empty for fp32, e.g. a CPU smoke run)
+#   PRECISION  precision flags (default "--fp16 --fp16-no-flatten-grads": a flattened fp32 copy
+#              cannot keep the experts apart and is refused; empty for fp32, e.g. a CPU smoke run)
 #   FAIRSEQ_TRAIN  the command that trains (default fairseq-train)
 #
 # One node: `GPUS=8 examples/paper/smlp_deterministic.sh DATA_BIN` (fairseq starts a process per

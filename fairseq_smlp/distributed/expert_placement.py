@@ -25,6 +25,7 @@ from .all_to_all import all_to_all
 from .expert_checkpoints import install_per_rank_checkpoints
 from .fully_sharded import building_fully_sharded, check_fully_sharded_options
 from .grad_norm import install_expert_grad_norm
+from .mixed_precision import install_expert_fp32_copies
 
 # (world size, group size) -> (this rank's all-to-all group, this rank's replica group). Groups
 # are made once per shape: torch.distributed needs every rank to create every group, in order.
@@ -127,6 +128,7 @@ def expert_placement(num_experts: int, flag: str) -> ExpertPlacement:
         check_fully_sharded_options(flag, num_experts, world_size)
     group, replica_group = process_groups(world_size, group_size)
     install_expert_grad_norm()
+    install_expert_fp32_copies()
     install_per_rank_checkpoints()
     rank = dist.get_rank()
     return ExpertPlacement(
