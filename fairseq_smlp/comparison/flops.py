@@ -35,7 +35,7 @@ from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
 from ..models.all_mlp import resolve_context
 from ..models.gmlp_lm import check_even_ffn_dim
 from ..models.smlp import parse_sparse_layer_indices, partial_routing_context, sparse_block_indices
-from ..models.transformer_moe import moe_layer_indices
+from ..models.transformer_moe import expert_ffn_dim, moe_layer_indices
 from ..modules.smoe import check_divisible
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
@@ -234,8 +234,8 @@ def dense_ffn(args) -> Part:
 def moe_ffn(args) -> Part:
     dim, experts = args.decoder_embed_dim, args.moe_expert_count
     gate = shared() if args.moe_gate == "hash" else linear(dim, experts, bias=False)
-    return gate + ffn_experts(experts, EXPERTS_PER_TOKEN[args.moe_gate], dim,
-                              args.decoder_ffn_embed_dim)
+    width = expert_ffn_dim(args)
+    return gate + ffn_experts(experts, EXPERTS_PER_TOKEN[args.moe_gate], dim, width)
 
 
 def positions(args) -> Part:

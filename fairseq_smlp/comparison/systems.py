@@ -84,8 +84,9 @@ SYSTEMS: Tuple[System, ...] = (
     System(
         "gshard", "GShard (top-2)", LM, "moe_cross_entropy",
         {
-            "cpu": ("--arch", "transformer_lm_gshard_tiny", "--decoder-ffn-embed-dim", "256"),
-            "paper": ("--arch", "transformer_lm_gshard", "--decoder-ffn-embed-dim", "2752",
+            "cpu": ("--arch", "transformer_lm_gshard_tiny", "--decoder-ffn-embed-dim", "384",
+                    "--moe-expert-ffn-dim", "192"),
+            "paper": ("--arch", "transformer_lm_gshard", "--moe-expert-ffn-dim", "2048",
                       "--moe-second-expert-policy", "all"),
         },
     ),

@@ -37,6 +37,11 @@ class TransformerMoELanguageModelConfig(TransformerLanguageModelConfig):
         metadata={"help": "routing: top2 (GShard), top1 (Switch), balanced (BASE), hash (Hash)"},
     )
     moe_expert_count: int = field(default=16, metadata={"help": "experts in each MoE layer"})
+    moe_expert_ffn_dim: int = field(
+        default=0,
+        metadata={"help": "hidden width of each expert's FFN (0: --decoder-ffn-embed-dim); "
+                  "narrower experts let top-2 match the FLOPs of a dense FFN"},
+    )
     moe_freq: int = field(
         default=2,
         metadata={"help": "replace the FFN of every N-th decoder layer (layers N-1, 2N-1, ...)"},
@@ -87,6 +92,14 @@ def build_gate(args, vocab_size: int) -> nn.Module:
     return TopKGate(dim, experts, k, args.moe_capacity_factor, args.moe_second_expert_policy)
 
 
+def expert_ffn_dim(args) -> int:
+    width = utils.safe_getattr(args, "moe_expert_ffn_dim", 0)
+    if width < 0:
+        raise ValueError(
+            f"--moe-expert-ffn-dim must be positive, or 0 for --decoder-ffn-embed-dim; got {width}")
+    return width or args.decoder_ffn_embed_dim
+
+
 def moe_layer_indices(num_layers: int, moe_freq: int):
     if moe_freq < 1:
         raise ValueError(f"--moe-freq must be at least 1; got {moe_freq}")
@@ -104,8 +117,7 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
         activation = utils.get_activation_fn(args.activation_fn)
         for index in moe_layer_indices(args.decoder_layers, args.moe_freq):
             experts = BatchedFeedForwardExperts(
-                args.moe_expert_count, args.decoder_embed_dim, args.decoder_ffn_embed_dim,
-                activation,
+                args.moe_expert_count, args.decoder_embed_dim, expert_ffn_dim(args), activation,
             )
             moe = MoELayer(build_gate(args, len(task.source_dictionary)), experts,
                            args.moe_expert_count, placement)

@@ -137,3 +137,6 @@ def test_bad_settings_name_the_flag():
         tiny("transformer_lm_switch_tiny", moe_freq=0)
     with pytest.raises(ValueError, match="--moe-expert-count must be at least 1; got 0"):
         tiny("transformer_lm_base_tiny", moe_expert_count=0)
+    with pytest.raises(ValueError, match="--moe-expert-ffn-dim must be positive, or 0 for "
+                                         "--decoder-ffn-embed-dim; got -8"):
+        tiny("transformer_lm_gshard_tiny", moe_expert_ffn_dim=-8)
