@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..partial_prediction import DEFAULT_PREDICTION_FRACTION
 
@@ -56,6 +56,7 @@ class TrainLog:
     num_updates: int
     seconds: float
     train_tokens: float
+    tokens_per_second: Optional[float]  # train_tokens over the wall of the line they run up to
     complete: bool  # the log ends with fairseq's "done training" line
     prediction_fraction: float  # the task's --prediction-fraction; unused by other tasks
 
@@ -117,6 +118,8 @@ def read_train_log(path: Path) -> TrainLog:
         num_updates=max(progress[-1].num_updates, points[-1].num_updates),
         seconds=max(progress[-1].wall, points[-1].seconds),
         train_tokens=training_tokens(progress),
+        tokens_per_second=(training_tokens(progress) / progress[-1].wall
+                           if progress[-1].wall > 0 else None),
         complete=complete,
         prediction_fraction=fraction,
     )
@@ -154,12 +157,15 @@ def training_tokens(progress: Sequence[ProgressLine]) -> float:
 
 
 def wall_clock_at(progress: Sequence[ProgressLine], num_updates: int) -> float:
-    """fairseq's `wall` once update `num_updates` was done: that of the first progress line at
-    that update (a train_inner line comes before the validation at its update), else linear
-    between the lines around it, from (0 updates, 0 s) at the start; past the last line, at the
-    pace of the last interval."""
+    """fairseq's `wall` once update `num_updates` was done, before its validation. A train_inner
+    line is written before the validation at its update, a train line after it and the
+    checkpoint (the last line of a run stopped by --stop-time-hours is one), so train lines
+    count only in a log without train_inner lines. The time is that of the line at that update,
+    else linear between the lines around it, from (0 updates, 0 s) at the start; past the last
+    line, at the pace of the last interval."""
+    inner = [line for line in progress if line.tag == "train_inner"]
     times: Dict[int, float] = {0: 0.0}
-    for line in progress:
+    for line in inner or progress:
         times.setdefault(line.num_updates, line.wall)
     updates = sorted(times)
     if num_updates in times:

@@ -152,7 +152,7 @@ def test_table_holds_the_hand_computed_numbers_in_perplexity_order(runs_dir, tmp
     assert partial == {
         "system": "smlp_partial‡†", "arch": "smlp_partial_tiny", "valid ppl (final)": "58.00",
         "valid ppl (best)": "52.00", "updates": "250",
-        "tokens/s": "6,400",  # 1600 * 200 tokens / 50 s
+        "tokens/s": "8,000",  # 1600 * 200 tokens / 40 s, the wall of the line they run to
         "params (total)": "3.5M", "params (active)": "1.1M", "train MFLOPs/token": "2.51",
         "wall-clock": "50s",  # update 250 at the pace of 100 updates in 20 s after 40 s
         reach: "—", "speed-up": "—",
@@ -311,6 +311,18 @@ def test_a_restarted_run_in_one_log_is_refused(tmp_path):
     run = write_run(tmp_path, "smlp_deterministic", log_lines=lines)
     with pytest.raises(ReportError, match="wall goes back from 24 to 5: the log holds more than"):
         read_train_log(run / "train.log")
+
+
+def test_a_validation_before_the_closing_train_line_is_timed_by_the_train_inner_pace(tmp_path):
+    """--stop-time-hours stops at update 430, between log intervals; fairseq validates, saves,
+    then writes the train line (wall 60 s). The validation is timed where training stood:
+    48 s at update 400 plus 30 updates at 12 s per 100."""
+    lines = [train_inner(1, 300, 36), train_inner(1, 400, 48), valid(1, 430, 44.0),
+             train_epoch(1, 430, 60, 2048, 50), DONE]
+    log = read_train_log(write_run(tmp_path, "smlp_deterministic", log_lines=lines) / "train.log")
+    assert [(p.num_updates, p.seconds) for p in log.valid] == [(430, pytest.approx(51.6))]
+    assert log.seconds == 60 and log.num_updates == 430
+    assert log.tokens_per_second == pytest.approx(2048 * 430 / 60)
 
 
 def test_human_readable_figures():
