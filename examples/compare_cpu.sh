@@ -13,7 +13,8 @@
 #               (default data/sotu)
 #   --out       where the runs and the report go (default runs/compare_cpu)
 #   --systems   a comma-separated subset (default: all; names from
-#               `python -m fairseq_smlp.comparison.systems list`)
+#               `python -m fairseq_smlp.comparison.systems list`); the runs of other systems
+#               already in --out stay and are reported with them
 #
 # Every system gets the same training recipe (below); its task, criterion, arch and size come
 # from fairseq_smlp/comparison/systems.py. Flags after `--` go last to every fairseq-train and
@@ -67,13 +68,13 @@ for name in "${names[@]}"; do
   rm -rf "$run"
   mkdir -p "$run"
   echo "== $name: $minutes minutes (fairseq-train log: $run/train.log)"
+  # The extra flags may change the model: its FLOPs and parameters are counted with them.
   python -m fairseq_smlp.comparison.flops "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" \
-    --json > "$run/system.json"
+    "${extra[@]}" --json > "$run/system.json"
   # fairseq's progress lines on the terminal, its whole output in the log.
-  fairseq-train "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" "${RECIPE[@]}" \
+  if ! fairseq-train "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" "${RECIPE[@]}" \
     --save-dir "$run/checkpoints" "${extra[@]}" 2>&1 | tee "$run/train.log" |
-    { grep --line-buffered -E '\| (train_inner|valid) \|' || true; }
-  if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    { grep --line-buffered -E '\| (train_inner|valid) \|' || true; }; then
     echo "compare_cpu.sh: fairseq-train failed for '$name'; see $run/train.log" >&2
     exit 1
   fi

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fairseq_smlp.comparison.systems import SYSTEMS
+from fairseq import tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+from fairseq_smlp.comparison.flops import parse_training_args
+from fairseq_smlp.comparison.systems import SYSTEMS, system
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET_MINUTES = 0.01
@@ -55,3 +59,21 @@ def test_a_budget_that_is_not_a_positive_number_is_refused(tmp_path):
         result = compare("--minutes", bad, "--out", str(tmp_path))
         assert result.returncode == 2
         assert f"--minutes must be a positive number of minutes; got '{bad}'" in result.stderr
+
+
+def test_extra_flags_reach_the_flops_count_and_a_failed_run_is_named(data_dir, tmp_path):
+    """--decoder-layers 2 after '--' shrinks the model: system.json counts the parameters of the
+    model fairseq builds with it. fairseq-train then fails on an unwritable --save-dir."""
+    out = tmp_path / "runs"
+    result = compare("--minutes", str(BUDGET_MINUTES), "--data", str(data_dir.parent),
+                     "--out", str(out), "--systems", "gmlp", "--", "--decoder-layers", "2",
+                     "--save-dir", "/proc/no-such-dir/checkpoints")
+    assert result.returncode == 1
+    assert "compare_cpu.sh: fairseq-train failed for 'gmlp'; see " in result.stderr
+
+    args = parse_training_args([str(data_dir), *system("gmlp").flags("cpu"),
+                                "--decoder-layers", "2"])
+    cfg = convert_namespace_to_omegaconf(args)
+    model = tasks.setup_task(cfg.task).build_model(cfg.model)
+    built = sum(p.numel() for p in model.parameters())
+    assert json.loads((out / "gmlp" / "system.json").read_text())["total_params"] == built
