@@ -1,6 +1,7 @@
-"""Training throughput of every compared system, side by side in one run: fairseq-train for a
-fixed number of updates per system, tokens/s, the ratio to the dense Transformer, and model
-FLOPs utilisation (MFU) against this machine's matrix-multiply peak, measured in the same run.
+"""Training throughput of every compared system, side by side in one run: fairseq-train on one
+device for a fixed number of updates per system, tokens/s, the ratio to the dense Transformer,
+and model FLOPs utilisation (MFU) against the device's matrix-multiply peak, measured in the
+same run.
 
     python benchmarks/train_throughput.py DATA_BIN [--scale cpu] [--updates 60]
         [--systems a,b] [--batch-size 16] [-- extra fairseq-train flags]
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 import fairseq_smlp
 from fairseq_smlp.comparison.flops import model_costs, parse_training_args, vocabulary_size
-from fairseq_smlp.comparison.systems import SYSTEMS, TOKENS_PER_SAMPLE, system
+from fairseq_smlp.comparison.systems import SYSTEMS, system
 from fairseq_smlp.comparison.train_log import PROGRESS_LINE
 
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
@@ -85,19 +86,21 @@ def main():
     print(f"device: {name}; {str(dtype).split('.')[-1]} matmul peak {peak / 1e12:.2f} TFLOP/s")
 
     log_interval = max(args.updates // 6, 1)
-    tokens_per_step = args.batch_size * TOKENS_PER_SAMPLE[args.scale]
     rows = []
     for name in args.systems.split(","):
-        flags = system(name).flags(args.scale)
-        model_args = parse_training_args([args.data, *flags])
-        costs = model_costs(model_args, vocabulary_size(model_args))
-        command = [
-            sys.executable, "-m", "fairseq_cli.train", args.data, "--user-dir", USER_DIR, *flags,
+        train_flags = [
+            args.data, "--user-dir", USER_DIR, *system(name).flags(args.scale),
             "--sample-break-mode", "none", "--batch-size", str(args.batch_size),
             "--optimizer", "adam", "--lr", "1e-4", "--max-update", str(args.updates),
             "--disable-validation", "--no-save", "--num-workers", "0", "--log-format", "json",
             "--log-interval", str(log_interval), *([] if cuda else ["--cpu"]), *extra,
+            "--distributed-world-size", "1",  # one device, as the matmul peak is measured
         ]
+        # Parsed as fairseq-train parses them: extra flags may change the model or the update.
+        run_args = parse_training_args(train_flags)
+        costs = model_costs(run_args, vocabulary_size(run_args))
+        tokens_per_step = run_args.batch_size * run_args.tokens_per_sample * run_args.update_freq[0]
+        command = [sys.executable, "-m", "fairseq_cli.train", *train_flags]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             sys.exit(f"fairseq-train failed for {name}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
