@@ -74,12 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def describe_layout(model) -> str:
     layout = layout_for(model)
-    if layout.fixed:
-        return (f"each candidate right-aligned in a {layout.length}-token window padded on the "
-                f"left, predictions scored from position {layout.scored_from} on (partial "
-                f"prediction)")
-    return (f"each candidate in a window of up to {layout.length} tokens, batches padded on the "
-            f"right")
+    where = (f", predictions scored from position {layout.scored_from} on (partial prediction; "
+             f"shorter contexts padded on the left)" if layout.scored_from else "")
+    return (f"each candidate in a window of up to {layout.length} tokens{where}, batches padded "
+            f"on the right")
 
 
 def summary(result: TaskResult, rule: str, source: str) -> str:

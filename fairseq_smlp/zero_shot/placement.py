@@ -2,19 +2,18 @@
 
 Every model here is causal, so the prediction of token i reads tokens < i only, and a model's
 input is at most its context T (``max_positions``) long. A candidate (context ids, continuation
-ids) becomes a window: the last T + 1 tokens of context + continuation (the context is cut from
-the left if they do not fit), fed as T input tokens whose targets are the next tokens; the scored
-predictions are those of the continuation's tokens.
+ids) becomes a window: context + continuation, or its last T + 1 tokens if it is longer (the
+context is cut from the left), fed as input tokens (all but the last) whose targets are the next
+tokens; the scored predictions are those of the continuation's tokens.
 
-Two layouts:
-
-- free (every arch but smlp_partial): the window is as long as the text (at most T), and batches
-  pad it on the right; causality keeps the padding out of every real prediction.
-- fixed (smlp_partial): the model routes on its first P = T - floor(0.8 T) positions and only
-  predictions at positions >= P are free of the future, so the window is exactly T long,
-  right-aligned and filled on the left with the padding id. The continuation's predictions are
-  then the last ones, at positions >= P as long as it is at most T - P tokens long; a longer one
-  has only its last T - P tokens scored, and is counted.
+The continuation's predictions are scored from position P on, where P is 0 for every arch but
+smlp_partial. smlp_partial routes each feature column from its values on the first
+P = T - floor(0.8 T) positions, so only its predictions at positions >= P are free of the future.
+Its windows start with the text as the others' do, so the router reads the context; a context
+too short to fill the first P positions is preceded by the padding id, just enough for the
+continuation's first prediction to sit at P. A continuation that does not fit in the T - P scored
+positions has only its last ones scored, and is counted. Windows are at most T long, and batches
+pad them on the right, which no causal model reads.
 """
 
 from dataclasses import dataclass
@@ -35,8 +34,7 @@ class Window:
 @dataclass(frozen=True)
 class Layout:
     length: int  # the model's context T
-    scored_from: int  # the first position whose prediction may be scored
-    fixed: bool  # every window is exactly ``length`` long, padded on the left
+    scored_from: int  # P: the first position whose prediction may be scored
 
     def place(self, context: List[int], continuation: List[int], pad: int) -> Window:
         if not context or not continuation:
@@ -45,7 +43,9 @@ class Layout:
         sequence = context + continuation
         inputs = min(len(sequence) - 1, self.length)
         kept = sequence[len(sequence) - inputs - 1:]  # the last inputs + 1 tokens
-        padding = self.length - inputs if self.fixed else 0
+        # Left padding moves the continuation's first prediction up to P, as far as T allows.
+        first_prediction = len(kept) - len(continuation) - 1
+        padding = min(max(0, self.scored_from - first_prediction), self.length - inputs)
         tokens = [pad] * padding + kept[:-1]
         targets = [pad] * padding + kept[1:]
         # The continuation's targets are the last ones; those before scored_from are not scored.
@@ -55,10 +55,7 @@ class Layout:
 
 
 def layout_for(model) -> Layout:
-    """The fixed layout for a model with partial-prediction routing (smlp_partial), else the
-    free one."""
-    length = model.max_positions()
+    """Scored from the routers' P for a model with partial-prediction routing (smlp_partial),
+    else from the start."""
     routers = [m for m in model.modules() if isinstance(m, PartialPredictionSMoE)]
-    if routers:
-        return Layout(length, routers[0].context_positions, fixed=True)
-    return Layout(length, 0, fixed=False)
+    return Layout(model.max_positions(), routers[0].context_positions if routers else 0)

@@ -5,6 +5,7 @@ its content can name the line it came from.
 """
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import List, Tuple
@@ -16,41 +17,52 @@ class RecordError(ValueError):
     """A record that does not hold what its task needs; the message names the field."""
 
 
+def utf8_text(path: Path) -> str:
+    """The file's text (a leading byte-order mark dropped); bytes that are not UTF-8 are an error
+    that names their line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise RecordError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x}); the "
+                          f"tasks' files are UTF-8") from None
+
+
 def read_jsonl(path: Path) -> List[Record]:
     """One JSON object a line (blank lines skipped), as SuperGLUE and the tasks' authors ship."""
     records = []
-    with path.open(encoding="utf-8-sig") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                fields = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise RecordError(f"{path}:{number}: not valid JSON ({error})") from None
-            if not isinstance(fields, dict):
-                raise RecordError(
-                    f"{path}:{number}: expected a JSON object a line, got {type(fields).__name__}"
-                )
-            records.append((f"{path}:{number}", fields))
+    # Split on newlines only: JSON strings may hold other line separators (U+2028) as they are.
+    for number, line in enumerate(utf8_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            fields = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RecordError(f"{path}:{number}: not valid JSON ({error})") from None
+        if not isinstance(fields, dict):
+            raise RecordError(
+                f"{path}:{number}: expected a JSON object a line, got {type(fields).__name__}"
+            )
+        records.append((f"{path}:{number}", fields))
     return records
 
 
 def read_delimited(path: Path) -> List[Record]:
     """A CSV or TSV file with a header line (StoryCloze); tab-separated if the header holds a
     tab, else comma-separated."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        delimiter = "\t" if "\t" in handle.readline() else ","
-        handle.seek(0)
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        records = []
-        for fields in reader:
-            location = f"{path}:{reader.line_num}"
-            if None in fields or None in fields.values():
-                raise RecordError(
-                    f"{location}: the number of columns differs from the header's "
-                    f"{len(reader.fieldnames)} ({', '.join(reader.fieldnames)})"
-                )
-            records.append((location, fields))
+    text = utf8_text(path)
+    delimiter = "\t" if "\t" in text.split("\n", 1)[0] else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records = []
+    for fields in reader:
+        location = f"{path}:{reader.line_num}"
+        if None in fields or None in fields.values():
+            raise RecordError(
+                f"{location}: the number of columns differs from the header's "
+                f"{len(reader.fieldnames)} ({', '.join(reader.fieldnames)})"
+            )
+        records.append((location, fields))
     return records
 
 

@@ -61,8 +61,8 @@ def expected_accuracies(checkpoint, data_dir, examples):
             context = [dictionary.eos()] + encode(processor, dictionary, candidate.context)
             continuation = encode(processor, dictionary, candidate.continuation)
             assert len(context) + len(continuation) <= TOKENS_PER_SAMPLE + 1
-            total = direct_log_likelihood(model, context, continuation, TOKENS_PER_SAMPLE,
-                                          dictionary.pad(), scored_from=CONTEXT)
+            total = direct_log_likelihood(model, context, continuation, dictionary.pad(),
+                                          scored_from=CONTEXT)
             raw.append(total)
             per_token.append(total / len(continuation))
         correct_raw += raw.index(max(raw)) in example.gold

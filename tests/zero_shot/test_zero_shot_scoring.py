@@ -45,7 +45,7 @@ def tiny_model(arch, num_words, tokens_per_sample):
 
 
 def test_free_layout_keeps_the_text_and_cuts_the_context_from_the_left():
-    layout = Layout(length=8, scored_from=0, fixed=False)
+    layout = Layout(length=8, scored_from=0)
     window = layout.place([EOS, 10, 11], [12, 13], PAD)
     assert (window.tokens, window.targets) == ([EOS, 10, 11, 12], [10, 11, 12, 13])
     assert window.scored == range(2, 4) and not window.truncated and window.unscored == 0
@@ -55,20 +55,24 @@ def test_free_layout_keeps_the_text_and_cuts_the_context_from_the_left():
     assert long.scored == range(5, 8) and long.truncated and long.unscored == 0
 
 
-def test_fixed_layout_right_aligns_and_scores_from_p_only():
-    layout = Layout(length=10, scored_from=2, fixed=True)
-    window = layout.place([EOS, 10, 11], [12, 13], PAD)
-    assert window.tokens == [PAD] * 6 + [EOS, 10, 11, 12]
-    assert window.targets == [PAD] * 6 + [10, 11, 12, 13]
-    assert window.scored == range(8, 10) and not window.truncated
-    too_long = layout.place([EOS, 10], list(range(20, 29)), PAD)  # 9 > T - P = 8 to score
-    assert too_long.scored == range(2, 10) and too_long.unscored == 1
-    assert [too_long.targets[i] for i in too_long.scored] == list(range(21, 29))
+def test_partial_prediction_layout_starts_with_the_text_and_scores_from_p_only():
+    layout = Layout(length=10, scored_from=3)
+    window = layout.place([EOS, 10, 11, 12], [13, 14], PAD)  # long enough: no padding
+    assert (window.tokens, window.targets) == ([EOS, 10, 11, 12, 13], [10, 11, 12, 13, 14])
+    assert window.scored == range(3, 5) and not window.truncated
+    short = layout.place([EOS, 10], [12, 13], PAD)  # padded until 12's prediction sits at P
+    assert short.tokens == [PAD, PAD, EOS, 10, 12]
+    assert short.targets == [PAD, PAD, 10, 12, 13]
+    assert short.scored == range(3, 5)
+    too_long = layout.place([EOS, 10], list(range(20, 29)), PAD)  # 9 > T - P = 7 to score
+    assert too_long.tokens == [EOS, 10] + list(range(20, 28))  # no room to pad
+    assert too_long.scored == range(3, 10) and too_long.unscored == 2
+    assert [too_long.targets[i] for i in too_long.scored] == list(range(22, 29))
 
 
-@pytest.mark.parametrize("fixed", [False, True])
-def test_every_window_scores_the_end_of_its_continuation_and_nothing_before_p(fixed):
-    layout = Layout(length=12, scored_from=3 if fixed else 0, fixed=fixed)
+@pytest.mark.parametrize("scored_from", [0, 3])
+def test_every_window_scores_the_end_of_its_continuation_and_nothing_before_p(scored_from):
+    layout = Layout(length=12, scored_from=scored_from)
     rng = random.Random(0)
     for _ in range(300):
         context = [EOS] + [rng.randrange(4, 50) for _ in range(rng.randrange(0, 20))]
@@ -76,7 +80,6 @@ def test_every_window_scores_the_end_of_its_continuation_and_nothing_before_p(fi
         window = layout.place(context, continuation, PAD)
         sequence = context + continuation
         assert len(window.tokens) == len(window.targets) <= 12
-        assert not fixed or len(window.tokens) == 12
         assert min(window.scored) >= layout.scored_from
         assert [window.targets[i] for i in window.scored] == \
             continuation[len(continuation) - len(window.scored):]
@@ -86,6 +89,8 @@ def test_every_window_scores_the_end_of_its_continuation_and_nothing_before_p(fi
         inputs = min(len(sequence) - 1, 12)
         offset = len(window.tokens) - inputs
         assert window.tokens[:offset] == window.targets[:offset] == [PAD] * offset
+        # Padding only where the continuation's first prediction would sit before P.
+        assert offset == min(max(0, scored_from + 1 - len(context)), 12 - inputs)
         assert window.tokens[offset:] == sequence[-inputs - 1:-1]
         assert window.targets[offset:] == sequence[-inputs:]
 
@@ -97,8 +102,8 @@ def test_batched_scores_equal_each_candidate_alone_through_the_model(arch):
     length = 16
     model = tiny_model(arch, num_words=36, tokens_per_sample=length)
     layout = layout_for(model)
-    assert layout.fixed == (arch == "smlp_partial_tiny")
-    assert layout.scored_from == (length - int(0.8 * length) if layout.fixed else 0)
+    assert layout.scored_from == (length - int(0.8 * length) if arch == "smlp_partial_tiny"
+                                  else 0)
     rng = random.Random(1)
     candidates = [([EOS] + [rng.randrange(4, 40) for _ in range(rng.randrange(0, 22))],
                    [rng.randrange(4, 40) for _ in range(rng.randrange(1, 4))])
@@ -114,10 +119,29 @@ def test_batched_scores_equal_each_candidate_alone_through_the_model(arch):
         assert score.log_likelihood == pytest.approx(alone, abs=1e-4)
         assert score.tokens == len(continuation)
         if not window.truncated:
-            reference = direct_log_likelihood(model, context, continuation,
-                                              window=length if layout.fixed else None, pad=PAD,
+            reference = direct_log_likelihood(model, context, continuation, pad=PAD,
                                               scored_from=layout.scored_from)
             assert score.log_likelihood == pytest.approx(reference, abs=1e-4)
+
+
+def test_partial_prediction_scores_do_not_depend_on_what_follows():
+    """smlp_partial: with a context longer than P the router reads the context itself, and
+    log p(k1 k2 k3 | context) is the same whether k1..k3 are a whole candidate or the start of a
+    longer one (the context stays at the same positions)."""
+    length = 20
+    model = tiny_model("smlp_partial_tiny", num_words=36, tokens_per_sample=length)
+    layout = layout_for(model)
+    rng = random.Random(2)
+    context = [EOS] + [rng.randrange(4, 40) for _ in range(layout.scored_from + 3)]
+    following = [rng.randrange(4, 40) for _ in range(6)]
+    short, long = (layout.place(context, following[:n], PAD) for n in (3, 6))
+    assert short.tokens[:layout.scored_from] == context[:layout.scored_from]
+    (short_score,) = score_windows(model, [short], PAD, batch_size=1, device=CPU)
+    with torch.no_grad():
+        logits = model(torch.tensor([long.tokens]))[0][0]  # (L, V)
+    lprobs = torch.log_softmax(logits.float(), dim=-1)
+    first_three = sum(lprobs[i, long.targets[i]].item() for i in list(long.scored)[:3])
+    assert short_score.log_likelihood == pytest.approx(first_three, abs=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +168,6 @@ def test_shipped_examples_score_as_the_model_computes_them(encoder, task, arch):
             context, continuation = encoder.encode_candidate(candidate)
             assert not window.truncated
             reference = direct_log_likelihood(model, context, continuation,
-                                              window=length if layout.fixed else None,
                                               pad=encoder.dictionary.pad(),
                                               scored_from=layout.scored_from)
             assert score.log_likelihood == pytest.approx(reference, abs=1e-4)

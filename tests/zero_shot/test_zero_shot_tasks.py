@@ -152,6 +152,16 @@ def test_malformed_records_name_the_field(tmp_path, task, fields, message):
         load_examples(TASKS[task], path)
 
 
+@pytest.mark.parametrize("task, name", [("copa", "bad.jsonl"), ("storycloze", "bad.csv")])
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path, task, name):
+    lines = (DATA / ("copa.jsonl" if task == "copa" else "storycloze.csv")).read_bytes()
+    first, second, rest = lines.split(b"\n", 2)
+    path = tmp_path / name
+    path.write_bytes(b"\n".join([first, second.replace(b"e", b"\xff", 1), rest]))
+    with pytest.raises(RecordError, match=rf"{name}:2: not UTF-8 text \(byte 0xff\)"):
+        load_examples(TASKS[task], path)
+
+
 def test_short_story_cloze_row_names_its_line(tmp_path):
     rows = (DATA / "storycloze.csv").read_text().splitlines()
     path = write(tmp_path / "val.csv", rows[:3] + [rows[3].rsplit(",", 2)[0]])

@@ -1,22 +1,20 @@
 """Independent references for the zero-shot tests: log-likelihoods gathered by hand from one
 forward pass of the model, and a rigged language model whose right answers are known."""
 
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import torch
 from torch import nn
 
 
-def direct_log_likelihood(model, context: List[int], continuation: List[int],
-                          window: Optional[int] = None, pad: int = 1,
+def direct_log_likelihood(model, context: List[int], continuation: List[int], pad: int = 1,
                           scored_from: int = 0) -> float:
     """sum_i log p(continuation[i] | everything before it), from log_softmax of the model's logits
-    on the unpadded sequence, or with ``window`` on the sequence right-aligned in a ``window``-long
-    input padded on the left; every prediction read must sit at a position >= scored_from."""
+    on the sequence, preceded by as many padding ids as put the prediction of continuation[0]
+    at position ``scored_from`` if the context is too short for that."""
     ids = context + continuation
-    inputs = ids[:-1]
-    offset = 0 if window is None else window - len(inputs)
-    inputs = [pad] * offset + inputs
+    offset = max(0, scored_from + 1 - len(context))
+    inputs = [pad] * offset + ids[:-1]
     with torch.no_grad():
         logits = model(torch.tensor([inputs]))[0][0]  # (L, V)
     lprobs = torch.log_softmax(logits.float(), dim=-1)
