@@ -14,6 +14,7 @@ import bisect
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -23,6 +24,10 @@ from ..partial_prediction import DEFAULT_PREDICTION_FRACTION
 PROGRESS_LINE = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
 # fairseq_cli.train's last line, written once training has ended normally.
 DONE_LINE = re.compile(r"\| fairseq_cli\.train \| done training in ")
+# fairseq's logging prefix: `<date> <time> | <level> | <logger> | ...`, to the second.
+TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \|")
+# fairseq_cli.train's line once an update is done and its validation starts.
+BEGIN_VALIDATION = re.compile(r"\| fairseq_cli\.train \| begin validation on ")
 # fairseq_cli.train's dump of its whole configuration, which holds the task's options.
 PREDICTION_FRACTION = re.compile(r"'prediction_fraction': ([0-9.eE+-]+)")
 
@@ -39,12 +44,13 @@ class ProgressLine:
     num_updates: int
     wall: float  # fairseq's `wall`: seconds since the trainer was built
     tokens_per_update: float  # fairseq's `wpb`, averaged over the updates the line covers
+    stamp: Optional[float] = None  # the line's own time (POSIX seconds), if it has one
 
 
 @dataclass(frozen=True)
 class ValidPoint:
     num_updates: int
-    seconds: float  # fairseq's `wall` once update num_updates was done (see wall_clock_at)
+    seconds: float  # fairseq's `wall` when its validation began (see validation_start)
     ppl: float
 
 
@@ -68,11 +74,16 @@ def read_train_log(path: Path) -> TrainLog:
             f"run with --log-format json"
         )
     progress: List[ProgressLine] = []
-    valid: List[Tuple[int, float]] = []  # (num_updates, valid_ppl) in log order
+    # (num_updates, valid_ppl, when its validation began if the log says) in log order
+    valid: List[Tuple[int, float, Optional[float]]] = []
     complete = False
     fraction = DEFAULT_PREDICTION_FRACTION
+    began = None
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         complete = complete or bool(DONE_LINE.search(line))
+        stamp = timestamp(line)
+        if BEGIN_VALIDATION.search(line):
+            began = stamp
         fraction_match = PREDICTION_FRACTION.search(line)
         if fraction_match:
             fraction = float(fraction_match.group(1))
@@ -96,9 +107,11 @@ def read_train_log(path: Path) -> TrainLog:
             return float(stats[prefix + key])
 
         if tag == "valid":
-            valid.append((int(stat("num_updates")), stat("ppl")))
+            valid.append((int(stat("num_updates")), stat("ppl"), began))
+            began = None
         else:
-            progress.append(ProgressLine(tag, int(stat("num_updates")), stat("wall"), stat("wpb")))
+            progress.append(ProgressLine(tag, int(stat("num_updates")), stat("wall"), stat("wpb"),
+                                         stamp))
             check_one_run(progress, where)
     if not valid:
         raise ReportError(
@@ -112,7 +125,8 @@ def read_train_log(path: Path) -> TrainLog:
             f"time its validations by; fairseq-train writes train_inner every --log-interval "
             f"updates and train at each epoch's end, when run with --log-format json"
         )
-    points = [ValidPoint(updates, wall_clock_at(progress, updates), ppl) for updates, ppl in valid]
+    points = [ValidPoint(updates, validation_start(progress, updates, began), ppl)
+              for updates, ppl, began in valid]
     return TrainLog(
         valid=points,
         num_updates=max(progress[-1].num_updates, points[-1].num_updates),
@@ -154,6 +168,26 @@ def training_tokens(progress: Sequence[ProgressLine]) -> float:
             since_epoch_end += line.tokens_per_update * (line.num_updates - last_updates)
         last_updates = line.num_updates
     return finished + since_epoch_end
+
+
+def timestamp(line: str) -> Optional[float]:
+    match = TIMESTAMP.match(line)
+    return datetime.fromisoformat(match.group(1)).timestamp() if match else None
+
+
+def validation_start(progress: Sequence[ProgressLine], num_updates: int,
+                     began: Optional[float]) -> float:
+    """fairseq's `wall` when the validation after update `num_updates` began: that of a
+    train_inner line at that update (written just before), else that of the last train_inner
+    line before it plus the seconds from its time stamp to the "begin validation" line's;
+    without time stamps, wall_clock_at's estimate. Pace-based estimates would count the
+    validations and checkpoints inside an interval as training time."""
+    inner = [line for line in progress
+             if line.tag == "train_inner" and line.num_updates <= num_updates]
+    if not inner or inner[-1].num_updates == num_updates or began is None \
+            or inner[-1].stamp is None or inner[-1].stamp > began:
+        return wall_clock_at(progress, num_updates)
+    return inner[-1].wall + began - inner[-1].stamp
 
 
 def wall_clock_at(progress: Sequence[ProgressLine], num_updates: int) -> float:

@@ -237,10 +237,12 @@ def test_plots_are_readable_pngs(runs_dir):
 
 def test_real_fairseq_train_log_is_read():
     log = read_train_log(REAL_LOG)
-    # Validations at 10 and 30 fall between train_inner lines (8 and 12: 2 s both; 28 and 32:
-    # 4 s both); 28 is an epoch's end and 40 the stop.
+    # Validations at 10 and 30 fall between train_inner lines: 2 s at update 8 and 4 s at 28,
+    # plus the seconds between those lines' time stamps and their "begin validation" lines' (0
+    # and 1: update 28's validation and checkpoint came between); 28 is an epoch's end and 40
+    # the stop, each with its train_inner line.
     assert [(p.num_updates, p.seconds, p.ppl) for p in log.valid] == [
-        (10, 2.0, 79.5), (20, 3.0, 57.87), (28, 4.0, 48.57), (30, 4.0, 46.87), (40, 5.0, 40.87)
+        (10, 2.0, 79.5), (20, 3.0, 57.87), (28, 4.0, 48.57), (30, 5.0, 46.87), (40, 5.0, 40.87)
     ]
     assert log.num_updates == 40 and log.seconds == 5.0 and log.complete
     assert log.train_tokens == 2048 * 28 + 2048 * 12  # each epoch's train line: wpb x updates
@@ -323,6 +325,22 @@ def test_a_validation_before_the_closing_train_line_is_timed_by_the_train_inner_
     assert [(p.num_updates, p.seconds) for p in log.valid] == [(430, pytest.approx(51.6))]
     assert log.seconds == 60 and log.num_updates == 430
     assert log.tokens_per_second == pytest.approx(2048 * 430 / 60)
+
+
+def test_a_validation_between_log_lines_is_timed_by_the_time_stamps(tmp_path):
+    """Update 430's validation began 5 s after the train_inner line of update 400 (60 s): 65 s,
+    where the pace of the interval before (30 s for 100 updates, a validation in it) would give
+    69 s and the closing train line 80 s."""
+    def stamped(clock, line):
+        return line.replace(STAMP, f"2026-11-24 10:{clock} | INFO | ")
+
+    lines = [stamped("00:00", train_inner(1, 300, 30)),
+             stamped("00:30", train_inner(1, 400, 60)),
+             f"2026-11-24 10:00:35 | INFO | fairseq_cli.train | begin validation on \"valid\" "
+             f"subset", stamped("00:37", valid(1, 430, 44.0)),
+             stamped("00:50", train_epoch(1, 430, 80, 2048, 50)), DONE]
+    log = read_train_log(write_run(tmp_path, "smlp_deterministic", log_lines=lines) / "train.log")
+    assert [(p.num_updates, p.seconds) for p in log.valid] == [(430, 65.0)]
 
 
 def test_human_readable_figures():
