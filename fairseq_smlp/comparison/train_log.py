@@ -127,13 +127,13 @@ def read_train_log(path: Path) -> TrainLog:
         )
     points = [ValidPoint(updates, validation_start(progress, updates, began), ppl)
               for updates, ppl, began in valid]
+    tokens = training_tokens(progress)
     return TrainLog(
         valid=points,
         num_updates=max(progress[-1].num_updates, points[-1].num_updates),
         seconds=max(progress[-1].wall, points[-1].seconds),
-        train_tokens=training_tokens(progress),
-        tokens_per_second=(training_tokens(progress) / progress[-1].wall
-                           if progress[-1].wall > 0 else None),
+        train_tokens=tokens,
+        tokens_per_second=tokens / progress[-1].wall if progress[-1].wall > 0 else None,
         complete=complete,
         prediction_fraction=fraction,
     )

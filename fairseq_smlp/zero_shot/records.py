@@ -69,8 +69,7 @@ def read_delimited(path: Path) -> List[Record]:
 def attach_labels(records: List[Record], labels_path: Path, field: str) -> List[Record]:
     """Set ``field`` of every record from a file of one label a line (PIQA ships its labels
     apart from the questions, in ``<split>-labels.lst``)."""
-    with labels_path.open(encoding="utf-8") as handle:
-        labels = [line.strip() for line in handle if line.strip()]
+    labels = [line.strip() for line in utf8_text(labels_path).split("\n") if line.strip()]
     if len(labels) != len(records):
         raise RecordError(
             f"{labels_path} holds {len(labels)} labels for the {len(records)} records of its "
