@@ -19,7 +19,7 @@ setup(
     ],
     extras_require={
         # pyarrow reads the zero-shot tasks' Arrow files; the tests write small ones.
-        "test": ["pytest==9.2.0", "pyarrow==22.0.0"],
+        "test": ["pytest==9.2.0", "pyarrow==22.0.0", "scipy==1.17.1"],
         "zero-shot": ["pyarrow==22.0.0"],
     },
 )

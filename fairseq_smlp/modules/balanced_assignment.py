@@ -1,27 +1,36 @@
 """Balanced assignment of items (tokens or feature columns) to experts, as in BASE layers
 (Lewis et al. 2021): every expert receives the same number of items and the total affinity is
-maximised, up to a small tolerance, by an auction algorithm (Bertsekas 1988).
+close to the best a balanced assignment can reach.
 
-fairseq ships a C++ version (``fairseq.libbase``) compiled against one torch ABI; this one is
-plain batched torch, runs on any device and solves a batch of independent problems at once.
+The work per call is fixed and stays on the device: no step reads a value back to the host or
+loops a data-dependent number of times, so a training step never waits on it.
+
+1. Clearing prices. An item goes to the expert of highest score minus price. Each of
+   ``PRICE_STEPS`` steps sets every expert's price, all at once, to the one at which exactly C
+   items would choose it were the other prices fixed (a quantile over the items).
+2. Auction rounds (Bertsekas 1988), ``AUCTION_ROUNDS`` of them, from those prices: every
+   unplaced item bids for its best expert, raising the price by its margin over its second
+   best; each expert keeps its C highest bids and its price becomes the lowest bid it kept.
+3. The items still unplaced take the free slots in item order, so every expert ends with
+   exactly C items (C = N / E) whatever happened before.
+
+A tiny fixed perturbation of the scores breaks ties, which would otherwise send every one of a
+group of identical items to the same expert. The gap to the exact optimum, measured against
+scipy's ``linear_sum_assignment``, is in docs/design.md and held by tests. fairseq's BASE layers
+solve the same problem with a C++ auction (``fairseq.libbase``) run to completion.
 """
 
+import functools
 import math
 
 import torch
 
-# Bid increment, relative to the spread of the affinities. The result is within
-# num_items * AUCTION_EPS * spread of the optimum; on random 512 x 16 problems it was 0.02% below
-# the optimum of scipy.optimize.linear_sum_assignment, at a tenth of the rounds of 1e-3.
+PRICE_STEPS = 3
+AUCTION_ROUNDS = 6
+# Bid increment of the auction, relative to the spread of the scores.
 AUCTION_EPS = 1e-2
-# Warm start: expert prices from a few Sinkhorn iterations of the entropy-regularised balanced
-# transport (temperature relative to the spread). When most items prefer a few experts, prices
-# must climb far and the auction alone needs many rounds (229 for 16384 x 16 skewed scores);
-# starting near the right prices it needs 19.
-SINKHORN_ITERATIONS = 10
-# A guard, not a budget: the problems seen in training settle in tens of rounds.
-MAX_ROUNDS = 10_000
-SINKHORN_TEMPERATURE = 0.05
+# Tie-breaking perturbation, relative to the spread: it can cost at most twice this per item.
+TIE_BREAK = 1e-4
 
 
 @torch.no_grad()
@@ -35,86 +44,108 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
         exactly N / E items.
     """
     *batch, num_items, num_experts = scores.shape
-    scores = scores.reshape(-1, num_items, num_experts).float()
+    scores = scores.reshape(-1, num_items, num_experts).float()  # (R, N, E)
     if num_experts == 1:
         return scores.new_zeros(*batch, num_items, dtype=torch.long)
-    rows = scores.size(0)
     capacity = math.ceil(num_items / num_experts)
     scores = replace_non_finite(scores)
-    # Shift each problem to start at 0 (the assignment does not change) so that bid increments
-    # stay far above float32 rounding whatever the scores' magnitude.
+    # Shift each problem to start at 0 (the assignment does not change) and measure its spread.
     scores = scores - scores.amin(dim=(1, 2), keepdim=True)
-    spread = scores.amax(dim=(1, 2)).clamp_min(1e-6)  # (R,)
-    # Fill the slots left over when E does not divide N with placeholder items indifferent to
-    # the expert, so that every expert ends exactly full and the prices stay optimal.
+    spread = scores.amax(dim=(1, 2)).clamp_min(1e-6)[:, None]  # (R, 1)
+    # Placeholder items, indifferent to the expert, fill the slots left over when E does not
+    # divide N, so that slots and items are equal in number.
     placeholders = num_experts * capacity - num_items
-    scores = torch.cat([scores, scores.new_zeros(rows, placeholders, num_experts)], dim=1)
-    eps = (AUCTION_EPS * spread)[:, None]  # (R, 1)
+    if placeholders:
+        scores = torch.cat([scores, scores.new_zeros(scores.size(0), placeholders, num_experts)], 1)
+    scores = scores + (TIE_BREAK * spread)[:, :, None] * tie_break(*scores.shape[1:], scores.device)
 
-    owner = scores.new_full(scores.shape[:2], -1, dtype=torch.long)  # expert holding each item
-    bid = scores.new_zeros(scores.shape[:2])  # price each held item paid
-    price = sinkhorn_prices(scores, capacity, spread)  # (R, E)
-    items = torch.arange(scores.size(1), device=scores.device)
-    for _ in range(MAX_ROUNDS):
-        unassigned = owner < 0  # (R, N)
-        if not unassigned.any():
-            break
-        # Every unassigned item bids for its best expert at current prices, raising that price
-        # by the margin over its second-best expert.
-        values = scores - price[:, None, :]  # (R, N, E)
-        top_values, top_experts = values.topk(2, dim=-1)  # (R, N, 2)
-        new_bid = price.gather(1, top_experts[..., 0]) + top_values[..., 0] - top_values[..., 1] + eps
-        candidate = torch.where(unassigned, top_experts[..., 0], owner)  # (R, N)
-        candidate_bid = torch.where(unassigned, new_bid, bid)
-
-        # Each expert keeps its `capacity` highest bids: sort by bid (descending), then stably by
-        # expert, and take each item's rank inside its expert's group.
-        by_bid = candidate_bid.argsort(dim=1, descending=True, stable=True)
-        by_expert = candidate.gather(1, by_bid).argsort(dim=1, stable=True)
-        order = by_bid.gather(1, by_expert)  # (R, N): items grouped by expert, best bid first
-        sorted_expert = candidate.gather(1, order)
-        counts = torch.zeros_like(price, dtype=torch.long).scatter_add_(
-            1, candidate, torch.ones_like(candidate)
-        )  # (R, E)
-        group_start = counts.cumsum(1) - counts
-        rank = items[None, :] - group_start.gather(1, sorted_expert)  # (R, N)
-        kept = rank < capacity
-
-        sorted_bid = candidate_bid.gather(1, order)
-        owner = torch.full_like(owner, -1).scatter_(
-            1, order, torch.where(kept, sorted_expert, torch.full_like(sorted_expert, -1))
-        )
-        bid = torch.zeros_like(bid).scatter_(1, order, sorted_bid)
-        # A full expert's price becomes the lowest bid it kept.
-        full_row, full_position = torch.nonzero(rank == capacity - 1, as_tuple=True)
-        price[full_row, sorted_expert[full_row, full_position]] = sorted_bid[full_row, full_position]
-    else:
-        raise RuntimeError(
-            f"balanced assignment of {num_items} items to {num_experts} experts did not settle in "
-            f"{MAX_ROUNDS} auction rounds"
-        )
-    return owner[:, :num_items].reshape(*batch, num_items)
+    price = scores.new_zeros(scores.size(0), num_experts)  # (R, E)
+    for _ in range(PRICE_STEPS):
+        price = clearing_prices(scores, price, capacity)
+    owner = torch.full(scores.shape[:2], -1, dtype=torch.long, device=scores.device)  # (R, N')
+    bid = torch.zeros_like(scores[..., 0])  # (R, N') the price each placed item paid
+    for _ in range(AUCTION_ROUNDS):
+        owner, bid, price = auction_round(scores, owner, bid, price, capacity, AUCTION_EPS * spread)
+    return fill_free_slots(owner, capacity)[:, :num_items].reshape(*batch, num_items)
 
 
 def replace_non_finite(scores: torch.Tensor) -> torch.Tensor:
-    """NaN and infinite affinities (an fp16 overflow, say) become the lowest finite one, as in
-    fairseq's BaseLayer: the auction then still ends, and fairseq's loss scaler deals with the
-    overflow as usual."""
+    """NaN and infinite affinities (an fp16 overflow, say) become the lowest finite one of their
+    problem (0 if it has none), as in fairseq's BaseLayer; fairseq's loss scaler then deals with
+    the overflow as usual."""
     finite = torch.isfinite(scores)
-    if finite.all():
-        return scores
-    fill = scores[finite].min() if finite.any() else scores.new_zeros(())
-    return torch.where(finite, scores, fill)
+    lowest = torch.where(finite, scores, torch.inf).amin(dim=(1, 2), keepdim=True)  # (R, 1, 1)
+    lowest = torch.where(torch.isfinite(lowest), lowest, 0.0)
+    return torch.where(finite, scores, lowest)
 
 
-def sinkhorn_prices(scores: torch.Tensor, capacity: int, spread: torch.Tensor) -> torch.Tensor:
-    """(R, E) starting prices: the expert-side dual variables of the entropy-regularised
-    transport in which every item sends mass 1 and every expert receives ``capacity``."""
-    temperature = (SINKHORN_TEMPERATURE * spread)[:, None, None]  # (R, 1, 1)
-    logits = scores / temperature  # (R, N, E)
-    expert_dual = scores.new_zeros(scores.size(0), 1, scores.size(2))  # (R, 1, E)
-    for _ in range(SINKHORN_ITERATIONS):
-        item_dual = -torch.logsumexp(logits + expert_dual, dim=2, keepdim=True)  # (R, N, 1)
-        expert_dual = math.log(capacity) - torch.logsumexp(logits + item_dual, dim=1, keepdim=True)
-    price = -expert_dual.squeeze(1) * temperature.squeeze(-1)  # (R, E)
-    return price - price.amin(dim=1, keepdim=True)
+@functools.lru_cache(maxsize=64)
+def tie_break(num_items: int, num_experts: int, device: torch.device) -> torch.Tensor:
+    """(N, E) fixed pseudo-random values in [0, 1), the same for every call of this shape (no
+    random number generator is drawn from, so training's random stream is left alone)."""
+    item = torch.arange(num_items, dtype=torch.float64)[:, None]
+    expert = torch.arange(num_experts, dtype=torch.float64)[None, :]
+    return torch.frac(torch.sin(item * 12.9898 + expert * 78.233) * 43758.5453).float().to(device)
+
+
+def top_two(values: torch.Tensor):
+    """Along the last dim of (R, N, E): the best value, its index and the second best value,
+    each (R, N, 1)."""
+    best, index = values.max(dim=2, keepdim=True)
+    second = values.scatter(2, index, -torch.inf).amax(dim=2, keepdim=True)
+    return best, index, second
+
+
+def clearing_prices(scores: torch.Tensor, price: torch.Tensor, capacity: int) -> torch.Tensor:
+    """(R, E): for each expert, the price at which exactly ``capacity`` items would choose it,
+    the other experts' prices being ``price``."""
+    best, index, second = top_two(scores - price[:, None, :])
+    experts = torch.arange(scores.size(2), device=scores.device)
+    others = torch.where(index == experts, second, best)  # (R, N, E) best value elsewhere
+    # Item n chooses e while e's price is below scores[n, e] - others[n, e]: the price that
+    # clears e lies between the C-th and (C + 1)-th largest of these thresholds.
+    top = (scores - others).topk(capacity + 1, dim=1).values  # (R, C + 1, E)
+    return 0.5 * (top[:, capacity - 1] + top[:, capacity])
+
+
+def auction_round(scores, owner, bid, price, capacity: int, eps):
+    """One round of the auction. scores: (R, N, E); owner, bid: (R, N), owner -1 if unplaced;
+    price: (R, E); eps: (R, 1). Returns the new owner, bid and price."""
+    num_items, num_experts = scores.shape[1:]
+    best, index, second = top_two(scores - price[:, None, :])
+    unplaced = owner < 0
+    new_bid = price.gather(1, index.squeeze(2)) + (best - second).squeeze(2) + eps  # (R, N)
+    candidate = torch.where(unplaced, index.squeeze(2), owner)  # (R, N)
+    candidate_bid = torch.where(unplaced, new_bid, bid)
+    # Each expert keeps its C highest bids: order by bid (descending), then stably by expert,
+    # and take each item's rank inside its expert's group.
+    by_bid = candidate_bid.argsort(dim=1, descending=True, stable=True)
+    order = by_bid.gather(1, candidate.gather(1, by_bid).argsort(dim=1, stable=True))  # (R, N)
+    sorted_expert = candidate.gather(1, order)
+    sorted_bid = candidate_bid.gather(1, order)
+    count = torch.zeros_like(price, dtype=torch.long).scatter_add_(
+        1, candidate, torch.ones_like(candidate))  # (R, E)
+    group_start = count.cumsum(1) - count
+    rank = torch.arange(num_items, device=scores.device) - group_start.gather(1, sorted_expert)
+    kept = rank < capacity
+    owner = torch.empty_like(owner).scatter_(
+        1, order, torch.where(kept, sorted_expert, torch.full_like(sorted_expert, -1)))
+    bid = torch.empty_like(bid).scatter_(1, order, sorted_bid)
+    # A full expert's price becomes the lowest bid it kept: the bid ranked C - 1 in its group,
+    # or the old price where the expert is not full (scattered to a spare column E).
+    lowest_kept = torch.where(rank == capacity - 1, sorted_expert, num_experts)
+    price = torch.cat([price, price[:, :1]], dim=1).scatter_(1, lowest_kept, sorted_bid)
+    return owner, bid, price[:, :num_experts]
+
+
+def fill_free_slots(owner: torch.Tensor, capacity: int) -> torch.Tensor:
+    """The unplaced items, in item order, take the free slots in expert order. Slots and items
+    are equal in number, so every expert ends full."""
+    num_experts = owner.size(1) // capacity
+    placed = owner.new_zeros(owner.size(0), num_experts + 1).scatter_add_(
+        1, torch.where(owner < 0, num_experts, owner), torch.ones_like(owner))[:, :num_experts]
+    slot_end = (capacity - placed).cumsum(1)  # (R, E)
+    unplaced = owner < 0  # (R, N)
+    arrival = unplaced.long().cumsum(1) - 1  # (R, N) rank among the unplaced
+    expert = torch.searchsorted(slot_end, arrival, right=True).clamp_max(num_experts - 1)
+    return torch.where(unplaced, expert, owner)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .balanced_assignment import balanced_assignment
-from .expert_load import load_cv
+from .expert_load import expert_counts, load_cv
 
 SECOND_EXPERT_POLICIES = ("sampling", "all", "random")
 # BASE layers initialise the expert centroids orthogonally with this gain (fairseq BaseLayer).
@@ -33,16 +33,16 @@ class Routing:
 
 
 def inference_capacity(expert_index: torch.Tensor, num_experts: int) -> int:
-    """The largest load, so that nothing is dropped."""
-    chosen = expert_index[expert_index >= 0]
-    return max(1, int(torch.bincount(chosen, minlength=num_experts).max()))
+    """The largest load, so that nothing is dropped. The one value routing reads back to the
+    host, and only where the capacity cannot be known in advance (inference, hash routing)."""
+    return max(1, int(expert_counts(expert_index, num_experts).max()))
 
 
 def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor) -> torch.Tensor:
     """GShard / Switch auxiliary loss E * sum_e f_e * P_e: f_e the fraction of tokens whose first
     choice is e, P_e the mean gate probability of e. 1 when balanced."""
     num_experts = probs.size(1)
-    fraction = torch.bincount(first_choice, minlength=num_experts).float() / first_choice.numel()
+    fraction = expert_counts(first_choice, num_experts).float() / first_choice.numel()
     return num_experts * torch.sum(fraction * probs.mean(0))
 
 
@@ -101,7 +101,7 @@ class TopKGate(nn.Module):
         return Routing(expert_index, weight.to(tokens.dtype), capacity, aux_loss, stats)
 
     def second_choice(self, logits, probs, first):
-        masked = logits.masked_fill(F.one_hot(first, self.num_experts).bool(), float("-inf"))
+        masked = logits.scatter(1, first.unsqueeze(1), float("-inf"))
         if self.training and self.second_expert_policy == "sampling":
             gumbel = -torch.empty_like(masked).exponential_().log()
             second = (masked + gumbel).argmax(-1)

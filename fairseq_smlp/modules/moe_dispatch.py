@@ -1,56 +1,100 @@
 """Dispatch tokens to per-expert buffers and combine the expert outputs back: the one routing
 path shared by every gate (balanced, top-1, top-2, hash).
 
-A gate decides, for each of S tokens and each of its k choices, an expert and a combine weight;
-``dispatch`` packs the tokens into an (E, C, D) buffer with a fixed capacity C per expert (the
-shape experts and all-to-all want), dropping tokens past capacity in token order; ``combine``
-sums each token's expert outputs, weighted. A dropped choice contributes nothing, so with a
-residual around the layer the token passes through unchanged.
+A gate decides, for each of S tokens and each of its k choices, an expert and a combine weight.
+``route`` gives every choice a slot in an (E, C, D) buffer (a fixed capacity C per expert, the
+shape experts and all-to-all want) by sorting the choices on their expert, dropping choices past
+capacity in token order; ``dispatch`` packs the tokens into the buffer and ``combine`` sums each
+token's expert outputs, weighted. A dropped choice contributes nothing, so with a residual
+around the layer the token passes through unchanged.
+
+Nothing here reads a value back to the host: routes are built from sorts, cumulative sums and
+scatters, and both directions move rows by index gathers whose gradients are gathers too (the
+two index maps are each other's inverse), never by boolean masks.
 """
 
-from typing import Tuple
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
-def dispatch(
-    tokens: torch.Tensor, expert_index: torch.Tensor, num_experts: int, capacity: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class Routes:
+    slot: torch.Tensor  # (S, k) flat buffer slot e * C + c of each choice, -1 where dropped
+    slot_choice: torch.Tensor  # (E * C,) the choice (s * k + j) in each slot, -1 where empty
+    num_experts: int
+    capacity: int
+
+    @property
+    def slot_token(self) -> torch.Tensor:
+        """(E * C,) the token in each slot, -1 where empty."""
+        k = self.slot.size(1)
+        return torch.where(self.slot_choice >= 0, self.slot_choice // k, -1)
+
+
+def route(expert_index: torch.Tensor, num_experts: int, capacity: int) -> Routes:
     """
     Args:
-        tokens: (S, D).
         expert_index: (S, k) the expert of each token's k choices (k = 1 for top-1); -1 marks a
             choice the gate withdrew, which takes no slot.
-    Returns:
-        buffer: (E, C, D) tokens grouped by expert, zero in unused slots.
-        slot: (S, k) the flat slot e * C + c of each choice in the buffer, -1 where dropped.
     Choices are served in order (token 0's first choice, ..., then every token's second
     choice), so a first choice always takes priority over any second choice.
     """
     num_tokens, k = expert_index.shape
-    choice_major = expert_index.t().reshape(-1)  # (k S,): all first choices, then second
-    chosen = choice_major >= 0
-    one_hot = F.one_hot(choice_major.clamp_min(0), num_experts) * chosen.unsqueeze(1)  # (k S, E)
-    position = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # (k S,) arrival rank at its expert
-    kept = chosen & (position < capacity)
-    slot = torch.where(kept, choice_major * capacity + position, torch.full_like(position, -1))
-    buffer = tokens.new_zeros(num_experts * capacity, tokens.size(1))
-    source = torch.arange(num_tokens, device=tokens.device).repeat(k)  # token of each choice
-    buffer[slot[kept]] = tokens[source[kept]]
-    return buffer.view(num_experts, capacity, -1), slot.view(k, num_tokens).t()
+    expert = expert_index.t().reshape(-1)  # (k S,): all first choices, then second
+    expert = torch.where(expert >= 0, expert, num_experts)  # withdrawn: a spare group E
+    order = expert.argsort(stable=True)  # (k S,) choices grouped by expert, in arrival order
+    count = torch.zeros(num_experts + 1, dtype=torch.long, device=expert.device)
+    count.scatter_add_(0, expert, torch.ones_like(expert))
+    arrival = torch.arange(expert.numel(), device=expert.device)
+    position = torch.empty_like(expert).scatter_(
+        0, order, arrival - (count.cumsum(0) - count)[expert[order]])  # (k S,) rank at expert
+    kept = (expert < num_experts) & (position < capacity)
+    spare = num_experts * capacity  # a slot past the buffer, for choices that take none
+    slot = torch.where(kept, expert * capacity + position, spare)
+    choice = (arrival % num_tokens) * k + arrival // num_tokens  # (k S,) index into (S, k)
+    slot_choice = torch.full((spare + 1,), -1, dtype=torch.long, device=expert.device)
+    slot_choice = slot_choice.scatter_(0, slot, choice)[:spare]
+    slot = torch.where(kept, slot, -1).view(k, num_tokens).t()  # (S, k)
+    return Routes(slot, slot_choice, num_experts, capacity)
 
 
-def combine(expert_output: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """
+def dispatch(tokens: torch.Tensor, routes: Routes) -> torch.Tensor:
+    """(S, D) -> (E, C, D): tokens grouped by expert, zero in empty slots."""
+    buffer = GatherRows.apply(tokens, routes.slot_token[:, None], routes.slot)  # (E C, D)
+    return buffer.view(routes.num_experts, routes.capacity, -1)
+
+
+def combine(expert_output: torch.Tensor, routes: Routes, weight: torch.Tensor) -> torch.Tensor:
+    """(E, C, D) -> (S, D): the sum over kept choices of weight * expert output.
+
     Args:
-        expert_output: (E, C, D).
-        slot: (S, k) from ``dispatch``.
         weight: (S, k) combine weight of each choice.
-    Returns:
-        (S, D): sum over kept choices of weight * expert output.
     """
     flat = expert_output.reshape(-1, expert_output.size(-1))  # (E C, D)
-    kept = slot >= 0
-    gathered = flat[slot.clamp_min(0)]  # (S, k, D)
-    return (gathered * (weight * kept).unsqueeze(-1)).sum(1)
+    choices = GatherRows.apply(flat, routes.slot.reshape(-1, 1), routes.slot_choice[:, None])
+    return (choices.view(*weight.shape, -1) * weight.unsqueeze(-1)).sum(1)  # (S, D)
+
+
+def gather_sum(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(M, D) rows, (R, J) index -> (R, D): out[r] = sum_j rows[index[r, j]], -1 adding nothing."""
+    picked = rows.index_select(0, index.clamp_min(0).reshape(-1)).view(*index.shape, -1)
+    picked = picked.masked_fill_((index < 0).unsqueeze(-1), 0)  # (R, J, D)
+    return picked.squeeze(1) if index.size(1) == 1 else picked.sum(1)
+
+
+class GatherRows(torch.autograd.Function):
+    """``gather_sum(rows, index)`` whose gradient is ``gather_sum(grad, adjoint)``: ``adjoint``
+    lists, for each row of ``rows``, the output rows that read it (-1: none). Every output row
+    reading distinct rows and ``adjoint`` being the inverse map, the gradient needs no atomic
+    scatter-add."""
+
+    @staticmethod
+    def forward(ctx, rows, index, adjoint):
+        ctx.save_for_backward(adjoint)
+        return gather_sum(rows, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        adjoint, = ctx.saved_tensors
+        return gather_sum(grad.contiguous(), adjoint), None, None

@@ -14,7 +14,7 @@ from ..distributed.expert_placement import (
 )
 from ..distributed.fully_sharded import wrap_experts
 from .expert_load import load_cv
-from .moe_dispatch import combine, dispatch
+from .moe_dispatch import combine, dispatch, route
 
 
 class MoELayer(nn.Module):
@@ -54,15 +54,15 @@ class MoELayer(nn.Module):
         tokens = x.reshape(-1, x.size(-1))  # (S, D)
         routing = self.gate(tokens, self.token_ids if token_ids is None else token_ids)
         capacity, = group_max([routing.capacity], self.placement, tokens.device)
-        buffer, slot = dispatch(tokens, routing.expert_index, self.num_experts, capacity)
-        expert_output = run_experts(buffer, self.experts, self.placement)  # (E, C, D)
-        output = combine(expert_output, slot, routing.weight)  # (S, D)
-        kept = slot >= 0
+        routes = route(routing.expert_index, self.num_experts, capacity)
+        expert_output = run_experts(dispatch(tokens, routes), self.experts, self.placement)
+        output = combine(expert_output, routes, routing.weight)  # (S, D)
+        kept = routes.slot >= 0
         chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed
         self.gate_loss = routing.aux_loss
         self.last_assignment = routing.expert_index
         self.stats = {
-            "load_cv": load_cv(routing.expert_index[kept], self.num_experts),
+            "load_cv": load_cv(torch.where(kept, routing.expert_index, -1), self.num_experts),
             "dropped": 1.0 - kept.sum() / chosen.sum().clamp_min(1),
             **routing.stats,
         }

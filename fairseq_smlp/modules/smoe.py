@@ -15,6 +15,7 @@ from torch import nn
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
 from ..distributed.fully_sharded import wrap_experts
 from .balanced_assignment import balanced_assignment
+from .moe_dispatch import GatherRows
 from .expert_load import load_cv
 from .spatial_projection import CausalSpatialProjection
 
@@ -30,10 +31,10 @@ def check_divisible(width: int, num_experts: int) -> None:
 
 class SpatialExperts(CausalSpatialProjection):
     """E causal spatial maps over (B, L, H) input, column chunk e to map e: the experts of an
-    sMoE. Under a parallel ``placement`` this rank holds its share of the maps and the column
-    chunks travel to their maps' ranks and back (padded to the group's largest B and L: padding
-    sequences are dropped after, padding positions come last and, the maps being causal, change
-    no real position)."""
+    sMoE. Under a parallel ``placement`` this rank holds its share of the maps and the columns
+    travel to their maps' ranks and back as rows (padded to the group's largest row count and
+    length: padding rows are dropped after, padding positions come last and, the maps being
+    causal, change no real position)."""
 
     def __init__(self, width: int, num_experts: int, max_positions: int,
                  placement: Optional[ExpertPlacement] = None):
@@ -48,11 +49,19 @@ class SpatialExperts(CausalSpatialProjection):
             return super().forward(x)
         batch, length, width = x.shape
         columns = width // self.num_experts
-        chunks = x.view(batch, length, self.num_experts, columns).permute(2, 0, 1, 3)  # (E, B, L, C)
-        padded_batch, padded_length = group_max([batch, length], self.placement, x.device)
-        chunks = F.pad(chunks, (0, 0, 0, padded_length - length, 0, padded_batch - batch))
-        mixed = run_experts(chunks, self.forward_grouped, self.placement)  # (E, B', L', C)
-        return mixed[:, :batch, :length].permute(1, 2, 0, 3).reshape(batch, length, width)
+        rows = x.view(batch, length, self.num_experts, columns).permute(2, 0, 3, 1)  # (E, B, C, L)
+        mixed = self.forward_expert_rows(rows.reshape(self.num_experts, batch * columns, length))
+        mixed = mixed.view(self.num_experts, batch, columns, length)
+        return mixed.permute(1, 3, 0, 2).reshape(batch, length, width)
+
+    def forward_expert_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(E, N, L) -> (E, N, L): expert e applied to the rows of rows[e], wherever it lives."""
+        if not self.placement.is_parallel:
+            return self.forward_rows(rows)
+        _, count, length = rows.shape
+        padded_count, padded_length = group_max([count, length], self.placement, rows.device)
+        rows = F.pad(rows, (0, padded_length - length, 0, padded_count - count))
+        return run_experts(rows, self.forward_rows, self.placement)[:, :count, :length]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_experts={self.num_experts}"
@@ -87,15 +96,26 @@ class PartialPredictionSMoE(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         batch, length, width = z.shape
+        columns = width // self.num_experts
         context = z[:, : self.context_positions].transpose(1, 2)  # (B, H, min(L, P))
         context = F.pad(context, (0, self.context_positions - context.size(2)))  # (B, H, P)
         scores = self.router(context)  # (B, H, E)
-        expert = balanced_assignment(scores)  # (B, H)
-        order = expert.argsort(dim=1, stable=True)  # (B, H): columns of expert 0 first, ...
-        index = order.unsqueeze(1).expand(batch, length, width)  # (B, L, H)
-        routed = self.experts(z.gather(2, index))  # (B, L, H), chunk e = expert e's columns
-        gate = torch.sigmoid(scores.gather(2, expert.unsqueeze(-1)).squeeze(-1))  # (B, H)
-        routed = routed * gate.gather(1, order).unsqueeze(1)
+        expert = balanced_assignment(scores)  # (B, H), H / E columns per expert
+        gate = torch.sigmoid(scores.gather(2, expert.unsqueeze(-1)))  # (B, H, 1)
+        # Every column of every sequence becomes a row; expert e's rows are gathered into
+        # rows[e], in sequence order, and scattered back after.
+        order = expert.argsort(dim=1, stable=True).view(batch, self.num_experts, columns)
+        offset = torch.arange(batch, device=z.device)[:, None, None] * width
+        row_of_slot = (order + offset).transpose(0, 1).reshape(-1)  # (E B C,) into (B H)
+        slot_of_row = torch.empty_like(row_of_slot).scatter_(
+            0, row_of_slot, torch.arange(row_of_slot.numel(), device=z.device))
+        rows = z.transpose(1, 2).reshape(batch * width, length)  # (B H, L)
+        grouped = GatherRows.apply(rows, row_of_slot[:, None], slot_of_row[:, None])
+        mixed = self.experts.forward_expert_rows(
+            grouped.view(self.num_experts, batch * columns, length))  # (E, B C, L)
+        mixed = GatherRows.apply(mixed.reshape(-1, length), slot_of_row[:, None],
+                                 row_of_slot[:, None])  # (B H, L)
         self.last_assignment = expert.detach()
         self.stats = {"greedy_load_cv": load_cv(scores.detach().argmax(-1), self.num_experts)}
-        return torch.empty_like(routed).scatter_(2, index, routed)  # back to column order
+        mixed = mixed.view(batch, width, length) * gate.to(mixed.dtype)  # (B, H, L)
+        return mixed.transpose(1, 2)  # (B, L, H)

@@ -44,11 +44,12 @@ class CausalSpatialProjection(nn.Module):
         mixed = torch.einsum("gts,bsgc->btgc", self.causal_weight(length), chunks) + bias
         return mixed.reshape(batch, length, width)  # (B, L, H)
 
-    def forward_grouped(self, chunks: torch.Tensor) -> torch.Tensor:
-        """The same maps on map-major input: (G, N, L, C), map g applied to chunks[g]."""
-        length = chunks.size(2)
-        bias = self.bias[:, None, :length, None]  # (G, 1, L, 1)
-        return torch.einsum("gts,gnsc->gntc", self.causal_weight(length), chunks) + bias
+    def forward_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The same maps on map-major rows: (G, N, L), map g applied to each of the N length-L
+        rows of rows[g] (a column of some sequence), as one batched matrix product."""
+        length = rows.size(2)
+        bias = self.bias[:, None, :length]  # (G, 1, L)
+        return torch.baddbmm(bias, rows, self.causal_weight(length).transpose(1, 2))  # (G, N, L)
 
     def extra_repr(self) -> str:
         return f"num_maps={self.num_maps}, max_positions={self.max_positions}"

@@ -3,7 +3,11 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from fairseq_smlp.modules.balanced_assignment import AUCTION_EPS, balanced_assignment
+from fairseq_smlp.modules.balanced_assignment import balanced_assignment
+
+# The quality the design promises (docs/design.md): the total affinity of the assignment is
+# within this fraction of the exact optimum.
+OPTIMALITY_GAP = 0.005
 
 
 def optimal_total(scores: torch.Tensor) -> float:
@@ -15,22 +19,46 @@ def optimal_total(scores: torch.Tensor) -> float:
     return float(slots[rows, cols].sum())
 
 
-@pytest.mark.parametrize("num_items,num_experts", [(12, 3), (64, 4), (96, 8), (10, 3)])
-@pytest.mark.parametrize("skew", [0.0, 3.0])  # skewed: most items prefer the same few experts
-def test_balanced_and_near_optimal(num_items, num_experts, skew):
-    torch.manual_seed(num_items)
-    scores = torch.randn(num_items, num_experts) + skew * torch.randn(1, num_experts)
-    expert = balanced_assignment(scores)
-    load = torch.bincount(expert, minlength=num_experts)
+def random_scores(num_items, num_experts, generator):
+    return torch.randn(num_items, num_experts, generator=generator)
+
+
+def skewed_scores(num_items, num_experts, generator):
+    """90% of the items prefer the same two experts."""
+    scores = torch.randn(num_items, num_experts, generator=generator)
+    scores[torch.rand(num_items, generator=generator) < 0.9, :2] += 3.0
+    return scores
+
+
+def tied_scores(num_items, num_experts, generator):
+    """Three score levels: most items are tied between several experts."""
+    return torch.randint(0, 3, (num_items, num_experts), generator=generator).float()
+
+
+@pytest.mark.parametrize("make_scores", [random_scores, skewed_scores, tied_scores])
+@pytest.mark.parametrize("num_items,num_experts", [(512, 16), (1024, 16), (1024, 32), (1000, 8),
+                                                   (512, 4)])
+def test_balanced_and_within_half_a_percent_of_the_optimum(make_scores, num_items, num_experts):
+    generator = torch.Generator().manual_seed(num_items + num_experts)
+    for _ in range(2):
+        scores = make_scores(num_items, num_experts, generator)
+        expert = balanced_assignment(scores)
+        load = torch.bincount(expert, minlength=num_experts)
+        assert load.max() <= -(-num_items // num_experts)
+        if num_items % num_experts == 0:
+            assert load.eq(num_items // num_experts).all()
+        total = float(scores.gather(1, expert[:, None]).sum())
+        best = optimal_total(scores)
+        assert total <= best + 1e-3
+        assert best - total <= OPTIMALITY_GAP * abs(best)
+
+
+@pytest.mark.parametrize("num_items,num_experts", [(12, 3), (10, 3), (7, 2), (8, 8), (3, 4)])
+def test_small_problems_fill_every_expert(num_items, num_experts):
+    scores = torch.randn(num_items, num_experts)
+    load = torch.bincount(balanced_assignment(scores), minlength=num_experts)
     assert load.max() <= -(-num_items // num_experts)
-    if num_items % num_experts == 0:
-        assert load.eq(num_items // num_experts).all()
-    total = float(scores.gather(1, expert[:, None]).sum())
-    best = optimal_total(scores)
-    spread = float(scores.max() - scores.min())
-    assert total <= best + 1e-4
-    # The auction's guarantee: within N * eps of the optimum, eps = AUCTION_EPS * spread.
-    assert best - total <= num_items * AUCTION_EPS * spread
+    assert load.sum() == num_items
 
 
 def test_follows_clear_preferences():
@@ -52,10 +80,11 @@ def test_batched_rows_are_independent_problems():
 @pytest.mark.parametrize("scores", [
     torch.tensor([[0.0, float("nan")], [1.0, 0.0]]),
     torch.tensor([[float("inf"), 0.0], [1.0, float("-inf")]]),
+    torch.full((2, 2), float("nan")),
     torch.full((64, 4), 1000.0),  # all ties
     1e4 + 1e-3 * torch.randn(64, 4),  # large offset, tiny differences
 ])
-def test_ends_and_balances_on_degenerate_scores(scores):
+def test_balances_degenerate_scores(scores):
     expert = balanced_assignment(scores)
     load = torch.bincount(expert, minlength=scores.size(1))
     assert load.max() - load.min() <= 1

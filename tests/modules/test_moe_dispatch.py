@@ -1,44 +1,64 @@
 import torch
 
-from fairseq_smlp.modules.moe_dispatch import combine, dispatch
+from fairseq_smlp.modules.moe_dispatch import combine, dispatch, route
 
 
 def naive_route(tokens, expert_index, weight, num_experts, capacity, expert_fns):
     """Serve choices one at a time, all first choices before any second one; a choice whose
-    expert is full is dropped."""
+    expert is full, or withdrawn (-1), is dropped."""
     num_tokens, k = expert_index.shape
     load = [0] * num_experts
-    out = torch.zeros_like(tokens)
+    out = [torch.zeros_like(tokens[0]) for _ in range(num_tokens)]
     for choice in range(k):
         for token in range(num_tokens):
             e = int(expert_index[token, choice])
-            if load[e] < capacity:
+            if e >= 0 and load[e] < capacity:
                 load[e] += 1
-                out[token] += weight[token, choice] * expert_fns[e](tokens[token])
-    return out
+                out[token] = out[token] + weight[token, choice] * expert_fns[e](tokens[token])
+    return torch.stack(out)
 
 
-def test_dispatch_combine_equals_a_per_token_loop():
+def routed(tokens, expert_index, weight, num_experts, capacity, expert_fns):
+    routes = route(expert_index, num_experts, capacity)
+    buffer = dispatch(tokens, routes)
+    assert buffer.shape == (num_experts, capacity, tokens.size(1))
+    outputs = torch.stack([expert_fns[e](buffer[e]) for e in range(num_experts)])
+    return combine(outputs, routes, weight)
+
+
+def test_dispatch_combine_and_their_gradients_equal_a_per_token_loop():
     torch.manual_seed(0)
     num_tokens, dim, num_experts, capacity = 10, 4, 3, 3
-    tokens = torch.randn(num_tokens, dim)
     expert_index = torch.randint(0, num_experts, (num_tokens, 2))
-    weight = torch.rand(num_tokens, 2)
+    expert_index[[1, 6], 1] = -1  # withdrawn second choices take no slot
     scales = torch.randn(num_experts, dim)
     expert_fns = [lambda x, e=e: torch.tanh(x * scales[e]) for e in range(num_experts)]
+    tokens = torch.randn(num_tokens, dim, requires_grad=True)
+    weight = torch.rand(num_tokens, 2, requires_grad=True)
+    probe = torch.randn(num_tokens, dim)
 
-    buffer, slot = dispatch(tokens, expert_index, num_experts, capacity)
-    assert buffer.shape == (num_experts, capacity, dim)
-    outputs = torch.stack([expert_fns[e](buffer[e]) for e in range(num_experts)])
-    got = combine(outputs, slot, weight)
-    want = naive_route(tokens, expert_index, weight, num_experts, capacity, expert_fns)
-    torch.testing.assert_close(got, want)
+    results = []
+    for fn in (routed, naive_route):
+        out = fn(tokens, expert_index, weight, num_experts, capacity, expert_fns)
+        grads = torch.autograd.grad((out * probe).sum(), (tokens, weight))
+        results.append((out, *grads))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
 
 
 def test_overflow_drops_later_tokens_first():
     tokens = torch.arange(5.0).unsqueeze(1)  # (S, 1)
     expert_index = torch.zeros(5, 1, dtype=torch.long)  # all to expert 0
-    buffer, slot = dispatch(tokens, expert_index, num_experts=2, capacity=2)
-    assert slot[:, 0].tolist() == [0, 1, -1, -1, -1]
+    routes = route(expert_index, num_experts=2, capacity=2)
+    buffer = dispatch(tokens, routes)
+    assert routes.slot[:, 0].tolist() == [0, 1, -1, -1, -1]
+    assert routes.slot_choice.tolist() == [0, 1, -1, -1]
     assert buffer[0, :, 0].tolist() == [0.0, 1.0]
     assert buffer[1].abs().sum() == 0
+
+
+def test_first_choices_take_priority_over_second_choices():
+    expert_index = torch.tensor([[1, 0], [0, 1], [0, 1]])
+    routes = route(expert_index, num_experts=2, capacity=2)
+    # Expert 0 gets the first choices of tokens 1 and 2 and is then full for token 0's second.
+    assert routes.slot.tolist() == [[2, -1], [0, 3], [1, -1]]
