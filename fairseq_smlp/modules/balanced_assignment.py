@@ -22,6 +22,9 @@ solve the same problem with a C++ auction (``fairseq.libbase``) run to completio
 
 import functools
 import math
+import warnings
+from collections import OrderedDict
+from typing import Optional
 
 import torch
 
@@ -29,6 +32,10 @@ PRICE_STEPS = 3
 AUCTION_ROUNDS = 6
 # Bid increment of the auction, relative to the spread of the scores.
 AUCTION_EPS = 1e-2
+# Bids are within a few hundred increments of each other (prices start near clearing and each
+# round raises them by at most the spread plus one increment); experts' keys are this far apart
+# in increments.
+BID_KEY_STRIDE = 1e9
 # Tie-breaking perturbation, relative to the spread: it can cost at most twice this per item.
 TIE_BREAK = 1e-4
 
@@ -47,6 +54,16 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
     scores = scores.reshape(-1, num_items, num_experts).float()  # (R, N, E)
     if num_experts == 1:
         return scores.new_zeros(*batch, num_items, dtype=torch.long)
+    if scores.is_cuda and not torch.cuda.is_current_stream_capturing():
+        expert = replayed(scores)
+    else:
+        expert = solve(scores)
+    return expert.reshape(*batch, num_items)
+
+
+def solve(scores: torch.Tensor) -> torch.Tensor:
+    """(R, N, E) float32 scores -> (R, N) experts: the three steps of the module's docstring."""
+    num_items, num_experts = scores.shape[1:]
     capacity = math.ceil(num_items / num_experts)
     scores = replace_non_finite(scores)
     # Shift each problem to start at 0 (the assignment does not change) and measure its spread.
@@ -66,7 +83,51 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
     bid = torch.zeros_like(scores[..., 0])  # (R, N') the price each placed item paid
     for _ in range(AUCTION_ROUNDS):
         owner, bid, price = auction_round(scores, owner, bid, price, capacity, AUCTION_EPS * spread)
-    return fill_free_slots(owner, capacity)[:, :num_items].reshape(*batch, num_items)
+    return fill_free_slots(owner, capacity)[:, :num_items]
+
+
+class CapturedSolve:
+    """``solve`` for one input shape recorded once as a CUDA graph and replayed: its few hundred
+    small kernels then cost the host one launch instead of one dispatch each."""
+
+    def __init__(self, example: torch.Tensor):
+        self.input = example.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            solve(self.input)  # loads the kernels and fills the tie-break cache
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = solve(self.input)
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        self.input.copy_(scores)
+        self.graph.replay()
+        return self.output.clone()  # the next replay overwrites the output
+
+
+_CAPTURED: "OrderedDict[tuple, Optional[CapturedSolve]]" = OrderedDict()
+# Shapes kept recorded; fairseq batches come in a few shapes (full batches, the last one).
+MAX_CAPTURED = 16
+
+
+def replayed(scores: torch.Tensor) -> torch.Tensor:
+    """``solve(scores)`` through a recorded graph, recorded on first use of the shape; where
+    recording fails (an older driver, say), ``solve`` itself, with a warning once."""
+    key = (tuple(scores.shape), scores.device)
+    if key not in _CAPTURED:
+        try:
+            _CAPTURED[key] = CapturedSolve(scores)
+        except RuntimeError as error:
+            warnings.warn(f"balanced assignment runs unrecorded: recording a CUDA graph failed "
+                          f"({error})")
+            _CAPTURED[key] = None
+        if len(_CAPTURED) > MAX_CAPTURED:
+            _CAPTURED.popitem(last=False)
+    _CAPTURED.move_to_end(key)
+    captured = _CAPTURED[key]
+    return captured(scores) if captured is not None else solve(scores)
 
 
 def replace_non_finite(scores: torch.Tensor) -> torch.Tensor:
@@ -117,10 +178,10 @@ def auction_round(scores, owner, bid, price, capacity: int, eps):
     new_bid = price.gather(1, index.squeeze(2)) + (best - second).squeeze(2) + eps  # (R, N)
     candidate = torch.where(unplaced, index.squeeze(2), owner)  # (R, N)
     candidate_bid = torch.where(unplaced, new_bid, bid)
-    # Each expert keeps its C highest bids: order by bid (descending), then stably by expert,
-    # and take each item's rank inside its expert's group.
-    by_bid = candidate_bid.argsort(dim=1, descending=True, stable=True)
-    order = by_bid.gather(1, candidate.gather(1, by_bid).argsort(dim=1, stable=True))  # (R, N)
+    # Each expert keeps its C highest bids: one sort on (expert, -bid) packed into a float64
+    # key (experts apart by far more than any bid), then each item's rank inside its group.
+    key = candidate.double() * BID_KEY_STRIDE - candidate_bid.double() / eps.double()
+    order = key.argsort(dim=1)  # (R, N)
     sorted_expert = candidate.gather(1, order)
     sorted_bid = candidate_bid.gather(1, order)
     count = torch.zeros_like(price, dtype=torch.long).scatter_add_(

@@ -1,4 +1,5 @@
-"""E feed-forward experts evaluated as one batched matrix product."""
+"""E feed-forward experts evaluated as one batched matrix product over a padded (E, C, D) buffer,
+or as one grouped matrix product over packed groups of any size where torch has a fast one."""
 
 import math
 from typing import Callable
@@ -36,6 +37,33 @@ class BatchedFeedForwardExperts(nn.Module):
         hidden = self.activation(torch.baddbmm(self.fc1_bias, buffer, self.fc1_weight))  # (E, C, F)
         return torch.baddbmm(self.fc2_bias, hidden, self.fc2_weight)  # (E, C, D)
 
+    def forward_packed(self, rows: torch.Tensor, group_end: torch.Tensor) -> torch.Tensor:
+        """(M, D) -> (M, D): expert e applied to rows [group_end[e - 1], group_end[e]), with
+        group_end[-1] = M."""
+        row = torch.arange(rows.size(0), device=rows.device)
+        expert = torch.searchsorted(group_end.long(), row, right=True)
+        expert = expert.clamp_max(group_end.numel() - 1)  # (M,) the expert of each row
+        hidden = F.grouped_mm(rows, self.fc1_weight, offs=group_end)  # (M, F)
+        hidden = self.activation(hidden + self.fc1_bias.squeeze(1)[expert])
+        return F.grouped_mm(hidden, self.fc2_weight, offs=group_end) + self.fc2_bias.squeeze(1)[expert]
+
     def extra_repr(self) -> str:
         e, d, f = self.shape
         return f"num_experts={e}, embed_dim={d}, ffn_dim={f}"
+
+
+# Where torch's grouped matrix product has a fast kernel: CUDA, bf16 (its documented inputs), and
+# rows whose byte strides are multiples of 16.
+PACKED_DEVICE_TYPES = ("cuda",)
+PACKED_DTYPES = (torch.bfloat16,)
+
+
+def packed_experts_supported(experts: nn.Module, tokens: torch.Tensor) -> bool:
+    """Whether ``experts`` can run on a packed buffer of ``tokens`` through a fast grouped
+    matrix product."""
+    if not isinstance(experts, BatchedFeedForwardExperts) or not hasattr(F, "grouped_mm"):
+        return False
+    _, embed_dim, ffn_dim = experts.shape
+    aligned = (embed_dim * tokens.element_size()) % 16 == 0 and (ffn_dim * tokens.element_size()) % 16 == 0
+    return (tokens.device.type in PACKED_DEVICE_TYPES and tokens.dtype in PACKED_DTYPES
+            and experts.fc1_weight.dtype == tokens.dtype and aligned)

@@ -2,9 +2,8 @@
 per-expert capacity and an auxiliary loss; they differ only in how they choose. The shared
 dispatch/combine path (moe_dispatch.py) does the rest.
 
-In inference every gate takes the capacity of the largest load, so no token is dropped: dropping
-depends on which other tokens share the batch, later positions included, and would break
-causality.
+In inference no gate has a capacity (None), so no token is dropped: dropping depends on which
+other tokens share the batch, later positions included, and would break causality.
 """
 
 import math
@@ -27,15 +26,9 @@ CENTROID_INIT_GAIN = 0.1
 class Routing:
     expert_index: torch.Tensor  # (S, k) long
     weight: torch.Tensor  # (S, k) combine weight of each choice
-    capacity: int  # slots per expert
+    capacity: Optional[int]  # slots per expert; None: as many as the largest load
     aux_loss: Optional[torch.Tensor] = None  # load-balancing loss, for gates that have one
     stats: Dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def inference_capacity(expert_index: torch.Tensor, num_experts: int) -> int:
-    """The largest load, so that nothing is dropped. The one value routing reads back to the
-    host, and only where the capacity cannot be known in advance (inference, hash routing)."""
-    return max(1, int(expert_counts(expert_index, num_experts).max()))
 
 
 def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor) -> torch.Tensor:
@@ -97,7 +90,7 @@ class TopKGate(nn.Module):
             fair_share = math.ceil(tokens.size(0) / self.num_experts)
             capacity = math.ceil(self.capacity_factor * self.k * fair_share)
         else:
-            capacity = inference_capacity(expert_index, self.num_experts)
+            capacity = None
         return Routing(expert_index, weight.to(tokens.dtype), capacity, aux_loss, stats)
 
     def second_choice(self, logits, probs, first):
@@ -142,8 +135,7 @@ class BalancedGate(nn.Module):
             expert = balanced_assignment(affinity.detach())
             capacity = math.ceil(tokens.size(0) / self.num_experts)
         else:
-            expert = greedy
-            capacity = inference_capacity(expert, self.num_experts)
+            expert, capacity = greedy, None
         weight = torch.sigmoid(affinity.gather(1, expert.unsqueeze(1)))  # (S, 1)
         stats = {"greedy_load_cv": load_cv(greedy, self.num_experts)}
         return Routing(expert.unsqueeze(1), weight, capacity, None, stats)
@@ -167,4 +159,4 @@ class HashGate(nn.Module):
             raise ValueError("hash routing needs the token ids of the tokens it routes")
         expert = self.token_to_expert[token_ids.reshape(-1)].unsqueeze(1)  # (S, 1)
         weight = tokens.new_ones(expert.shape)
-        return Routing(expert, weight, inference_capacity(expert, self.num_experts))
+        return Routing(expert, weight, None)

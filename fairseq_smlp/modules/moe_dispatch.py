@@ -2,11 +2,18 @@
 path shared by every gate (balanced, top-1, top-2, hash).
 
 A gate decides, for each of S tokens and each of its k choices, an expert and a combine weight.
-``route`` gives every choice a slot in an (E, C, D) buffer (a fixed capacity C per expert, the
-shape experts and all-to-all want) by sorting the choices on their expert, dropping choices past
-capacity in token order; ``dispatch`` packs the tokens into the buffer and ``combine`` sums each
-token's expert outputs, weighted. A dropped choice contributes nothing, so with a residual
-around the layer the token passes through unchanged.
+``route`` gives every choice a slot in a buffer by sorting the choices on their expert, dropping
+choices past the capacity in token order; ``dispatch`` packs the tokens into the buffer and
+``combine`` sums each token's expert outputs, weighted. A dropped choice contributes nothing, so
+with a residual around the layer the token passes through unchanged. Two buffer layouts:
+
+- padded: (E, C, D), C slots per expert whether used or not, the shape batched matrix products
+  and the all-to-all exchange want; C must be known (the gate's, or the largest load);
+- packed: (k S, D), expert e's rows one after the other, ``group_end`` saying where each ends:
+  for grouped matrix products, which take groups of any size, so neither the largest load nor
+  any padding is needed. Rows of dropped choices, zero, close the last group (a grouped product
+  leaves rows past the last group undefined, and undefined values could reach a gradient); their
+  outputs are never read.
 
 Nothing here reads a value back to the host: routes are built from sorts, cumulative sums and
 scatters, and both directions move rows by index gathers whose gradients are gathers too (the
@@ -14,16 +21,18 @@ two index maps are each other's inverse), never by boolean masks.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 
 @dataclass
 class Routes:
-    slot: torch.Tensor  # (S, k) flat buffer slot e * C + c of each choice, -1 where dropped
-    slot_choice: torch.Tensor  # (E * C,) the choice (s * k + j) in each slot, -1 where empty
+    slot: torch.Tensor  # (S, k) buffer row of each choice, -1 where dropped
+    slot_choice: torch.Tensor  # (rows,) the choice (s * k + j) in each row, -1 where empty
     num_experts: int
-    capacity: int
+    capacity: Optional[int]  # padded: slots per expert; packed: None
+    group_end: Optional[torch.Tensor] = None  # packed: (E,) int32 end row of each expert's group
 
     @property
     def slot_token(self) -> torch.Tensor:
@@ -32,15 +41,20 @@ class Routes:
         return torch.where(self.slot_choice >= 0, self.slot_choice // k, -1)
 
 
-def route(expert_index: torch.Tensor, num_experts: int, capacity: int) -> Routes:
+def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
+          packed: bool = False) -> Routes:
     """
     Args:
         expert_index: (S, k) the expert of each token's k choices (k = 1 for top-1); -1 marks a
             choice the gate withdrew, which takes no slot.
+        capacity: choices an expert takes at most; None for no limit (packed layout only).
+        packed: the packed layout rather than the padded one.
     Choices are served in order (token 0's first choice, ..., then every token's second
     choice), so a first choice always takes priority over any second choice.
     """
     num_tokens, k = expert_index.shape
+    if capacity is None and not packed:
+        raise ValueError("the padded layout needs a capacity")
     expert = expert_index.t().reshape(-1)  # (k S,): all first choices, then second
     expert = torch.where(expert >= 0, expert, num_experts)  # withdrawn: a spare group E
     order = expert.argsort(stable=True)  # (k S,) choices grouped by expert, in arrival order
@@ -49,29 +63,44 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: int) -> Routes
     arrival = torch.arange(expert.numel(), device=expert.device)
     position = torch.empty_like(expert).scatter_(
         0, order, arrival - (count.cumsum(0) - count)[expert[order]])  # (k S,) rank at expert
-    kept = (expert < num_experts) & (position < capacity)
-    spare = num_experts * capacity  # a slot past the buffer, for choices that take none
-    slot = torch.where(kept, expert * capacity + position, spare)
+    kept = expert < num_experts
+    if capacity is not None:
+        kept &= position < capacity
+    if packed:
+        rows = expert.numel()
+        taken = count[:num_experts] if capacity is None else count[:num_experts].clamp_max(capacity)
+        group_end = taken.cumsum(0)  # (E,)
+        row = (group_end - taken)[expert.clamp_max(num_experts - 1)] + position
+        group_end[-1] = rows
+    else:
+        rows, group_end = num_experts * capacity, None
+        row = expert * capacity + position
+    row = torch.where(kept, row, rows)  # choices that take no row go to a spare one
     choice = (arrival % num_tokens) * k + arrival // num_tokens  # (k S,) index into (S, k)
-    slot_choice = torch.full((spare + 1,), -1, dtype=torch.long, device=expert.device)
-    slot_choice = slot_choice.scatter_(0, slot, choice)[:spare]
-    slot = torch.where(kept, slot, -1).view(k, num_tokens).t()  # (S, k)
-    return Routes(slot, slot_choice, num_experts, capacity)
+    slot_choice = torch.full((rows + 1,), -1, dtype=torch.long, device=expert.device)
+    slot_choice = slot_choice.scatter_(0, row, choice)[:rows]
+    slot = torch.where(kept, row, -1).view(k, num_tokens).t()  # (S, k)
+    if group_end is not None:
+        group_end = group_end.int()
+    return Routes(slot, slot_choice, num_experts, None if packed else capacity, group_end)
 
 
 def dispatch(tokens: torch.Tensor, routes: Routes) -> torch.Tensor:
-    """(S, D) -> (E, C, D): tokens grouped by expert, zero in empty slots."""
-    buffer = GatherRows.apply(tokens, routes.slot_token[:, None], routes.slot)  # (E C, D)
+    """(S, D) -> (E, C, D) padded or (k S, D) packed: tokens grouped by expert, zero in empty
+    rows."""
+    buffer = GatherRows.apply(tokens, routes.slot_token[:, None], routes.slot)  # (rows, D)
+    if routes.group_end is not None:
+        return buffer
     return buffer.view(routes.num_experts, routes.capacity, -1)
 
 
 def combine(expert_output: torch.Tensor, routes: Routes, weight: torch.Tensor) -> torch.Tensor:
-    """(E, C, D) -> (S, D): the sum over kept choices of weight * expert output.
+    """(E, C, D) or (k S, D) -> (S, D): the sum over kept choices of weight * expert output.
 
     Args:
         weight: (S, k) combine weight of each choice.
     """
-    flat = expert_output.reshape(-1, expert_output.size(-1))  # (E C, D)
+    flat = expert_output.reshape(-1, expert_output.size(-1))  # (rows, D)
     choices = GatherRows.apply(flat, routes.slot.reshape(-1, 1), routes.slot_choice[:, None])
     return (choices.view(*weight.shape, -1) * weight.unsqueeze(-1)).sum(1)  # (S, D)
 

@@ -13,7 +13,8 @@ from ..distributed.expert_placement import (
     run_experts,
 )
 from ..distributed.fully_sharded import wrap_experts
-from .expert_load import load_cv
+from .expert_load import expert_counts, load_cv
+from .experts import packed_experts_supported
 from .moe_dispatch import combine, dispatch, route
 
 
@@ -53,9 +54,16 @@ class MoELayer(nn.Module):
     def forward(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         tokens = x.reshape(-1, x.size(-1))  # (S, D)
         routing = self.gate(tokens, self.token_ids if token_ids is None else token_ids)
-        capacity, = group_max([routing.capacity], self.placement, tokens.device)
-        routes = route(routing.expert_index, self.num_experts, capacity)
-        expert_output = run_experts(dispatch(tokens, routes), self.experts, self.placement)
+        if not self.placement.is_parallel and packed_experts_supported(self.experts, tokens):
+            routes = route(routing.expert_index, self.num_experts, routing.capacity, packed=True)
+            expert_output = self.experts.forward_packed(dispatch(tokens, routes), routes.group_end)
+        else:
+            capacity = routing.capacity
+            if capacity is None:  # the largest load: read back to size the padded buffer
+                capacity = max(1, int(expert_counts(routing.expert_index, self.num_experts).max()))
+            capacity, = group_max([capacity], self.placement, tokens.device)
+            routes = route(routing.expert_index, self.num_experts, capacity)
+            expert_output = run_experts(dispatch(tokens, routes), self.experts, self.placement)
         output = combine(expert_output, routes, routing.weight)  # (S, D)
         kept = routes.slot >= 0
         chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed

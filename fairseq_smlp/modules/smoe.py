@@ -15,7 +15,7 @@ from torch import nn
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
 from ..distributed.fully_sharded import wrap_experts
 from .balanced_assignment import balanced_assignment
-from .moe_dispatch import GatherRows
+from .column_rows import ColumnRoutes, columns_to_rows, rows_to_columns
 from .expert_load import load_cv
 from .spatial_projection import CausalSpatialProjection
 
@@ -96,26 +96,13 @@ class PartialPredictionSMoE(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         batch, length, width = z.shape
-        columns = width // self.num_experts
         context = z[:, : self.context_positions].transpose(1, 2)  # (B, H, min(L, P))
         context = F.pad(context, (0, self.context_positions - context.size(2)))  # (B, H, P)
         scores = self.router(context)  # (B, H, E)
         expert = balanced_assignment(scores)  # (B, H), H / E columns per expert
-        gate = torch.sigmoid(scores.gather(2, expert.unsqueeze(-1)))  # (B, H, 1)
-        # Every column of every sequence becomes a row; expert e's rows are gathered into
-        # rows[e], in sequence order, and scattered back after.
-        order = expert.argsort(dim=1, stable=True).view(batch, self.num_experts, columns)
-        offset = torch.arange(batch, device=z.device)[:, None, None] * width
-        row_of_slot = (order + offset).transpose(0, 1).reshape(-1)  # (E B C,) into (B H)
-        slot_of_row = torch.empty_like(row_of_slot).scatter_(
-            0, row_of_slot, torch.arange(row_of_slot.numel(), device=z.device))
-        rows = z.transpose(1, 2).reshape(batch * width, length)  # (B H, L)
-        grouped = GatherRows.apply(rows, row_of_slot[:, None], slot_of_row[:, None])
-        mixed = self.experts.forward_expert_rows(
-            grouped.view(self.num_experts, batch * columns, length))  # (E, B C, L)
-        mixed = GatherRows.apply(mixed.reshape(-1, length), slot_of_row[:, None],
-                                 row_of_slot[:, None])  # (B H, L)
+        gate = torch.sigmoid(scores.gather(2, expert.unsqueeze(-1))).transpose(1, 2)  # (B, 1, H)
+        routes = ColumnRoutes(expert, self.num_experts)
+        mixed = self.experts.forward_expert_rows(columns_to_rows(z, routes))  # (E, B H / E, L)
         self.last_assignment = expert.detach()
         self.stats = {"greedy_load_cv": load_cv(scores.detach().argmax(-1), self.num_experts)}
-        mixed = mixed.view(batch, width, length) * gate.to(mixed.dtype)  # (B, H, L)
-        return mixed.transpose(1, 2)  # (B, L, H)
+        return rows_to_columns(mixed, routes, batch) * gate.to(z.dtype)  # (B, L, H)

@@ -1,5 +1,10 @@
+import pytest
 import torch
 
+from fairseq_smlp.modules import experts as experts_module
+from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
+from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
+from fairseq_smlp.modules.moe_layer import MoELayer
 from fairseq_smlp.modules.moe_dispatch import combine, dispatch, route
 
 
@@ -62,3 +67,34 @@ def test_first_choices_take_priority_over_second_choices():
     routes = route(expert_index, num_experts=2, capacity=2)
     # Expert 0 gets the first choices of tokens 1 and 2 and is then full for token 0's second.
     assert routes.slot.tolist() == [[2, -1], [0, 3], [1, -1]]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("name", ["top1", "top2", "balanced", "hash"])
+def test_packed_experts_equal_padded_experts(monkeypatch, name, training):
+    """Where grouped matrix products are fast (CUDA, bf16) the layer packs its buffer; torch also
+    has them on CPU in fp32, which lets the two layouts be compared here."""
+    num_experts, dim, vocab = 4, 8, 50
+    gates = {
+        "top1": lambda: TopKGate(dim, num_experts, 1, capacity_factor=0.75),
+        "top2": lambda: TopKGate(dim, num_experts, 2, second_expert_policy="all"),
+        "balanced": lambda: BalancedGate(dim, num_experts),
+        "hash": lambda: HashGate(vocab, num_experts, seed=3),
+    }
+    results = []
+    for packed in (False, True):
+        if packed:
+            monkeypatch.setattr(experts_module, "PACKED_DEVICE_TYPES", ("cpu",))
+            monkeypatch.setattr(experts_module, "PACKED_DTYPES", (torch.float32,))
+        torch.manual_seed(0)
+        layer = MoELayer(gates[name](), BatchedFeedForwardExperts(num_experts, dim, 16),
+                         num_experts).train(training)
+        assert experts_module.packed_experts_supported(layer.experts, torch.zeros(1)) == packed
+        x = torch.randn(2, 20, dim, requires_grad=True)
+        token_ids = torch.randint(vocab, (2, 20))
+        out = layer(x, token_ids)
+        grads = torch.autograd.grad((out * torch.randn_like(out)).sum(),
+                                    [x, *layer.parameters()])
+        results.append((out, *grads))
+    for padded, packed in zip(*results):
+        torch.testing.assert_close(packed, padded)

@@ -1,0 +1,65 @@
+"""The GPU, its torch, the dtypes torch's grouped matrix product takes there, and a check that a
+training step of every routing path runs under CUDA's sync debug mode set to error, which
+raises at any operation that makes the host wait for the device.
+
+    python benchmarks/gpu_device_check.py
+"""
+
+import torch
+import torch.nn.functional as F
+
+from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
+from fairseq_smlp.modules.gates import BalancedGate, TopKGate
+from fairseq_smlp.modules.moe_layer import MoELayer
+from fairseq_smlp.modules.smoe import PartialPredictionSMoE
+from fairseq_smlp.modules.tmoe import TokenMoE
+
+
+def grouped_mm_dtypes(device):
+    works = []
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        x = torch.randn(64, 64, device=device, dtype=dtype)
+        w = torch.randn(4, 64, 64, device=device, dtype=dtype)
+        offsets = torch.tensor([16, 32, 48, 64], device=device, dtype=torch.int32)
+        try:
+            F.grouped_mm(x, w, offs=offsets)
+            works.append(str(dtype).split(".")[-1])
+        except (RuntimeError, AttributeError):
+            pass
+    return works
+
+
+def main():
+    device = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"CUDA {torch.version.cuda}")
+    print(f"grouped_mm takes: {', '.join(grouped_mm_dtypes(device)) or 'nothing'}")
+    modules = {
+        "tMoE": TokenMoE(256, 1024, 16),
+        "top-1": MoELayer(TopKGate(256, 16, 1), BatchedFeedForwardExperts(16, 256, 1024), 16),
+        "top-2": MoELayer(TopKGate(256, 16, 2), BatchedFeedForwardExperts(16, 256, 1024), 16),
+        "balanced": MoELayer(BalancedGate(256, 16), BatchedFeedForwardExperts(16, 256, 1024), 16),
+    }
+    for name, module in modules.items():
+        check(name, module, torch.randn(4, 512, 256))
+    check("partial sMoE", PartialPredictionSMoE(512, 16, 512, 102), torch.randn(4, 512, 512))
+
+
+def check(name, module, x):
+    module = module.cuda().to(torch.bfloat16).train()
+    x = x.cuda().to(torch.bfloat16).requires_grad_()
+    module(x).float().square().mean().backward()  # warm-up: allocations, autotuning
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        module(x).float().square().mean().backward()
+        verdict = "no host sync"
+    except RuntimeError as error:
+        verdict = f"SYNCS: {str(error).splitlines()[0]}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    print(f"training step of {name}: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
