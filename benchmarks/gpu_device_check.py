@@ -1,13 +1,17 @@
-"""The GPU, its torch, the dtypes torch's grouped matrix product takes there, and a check that a
-training step of every routing path runs under CUDA's sync debug mode set to error, which
-raises at any operation that makes the host wait for the device.
+"""The GPU, its torch, the dtypes torch's grouped matrix product takes there, the time of one
+balanced assignment (recorded-graph replay against plain launches), and a check that a training
+step of every routing path runs under CUDA's sync debug mode set to error, which raises at any
+operation that makes the host wait for the device.
 
     python benchmarks/gpu_device_check.py
 """
 
+import time
+
 import torch
 import torch.nn.functional as F
 
+from fairseq_smlp.modules import balanced_assignment as assignment
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
@@ -34,6 +38,12 @@ def main():
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"CUDA {torch.version.cuda}")
     print(f"grouped_mm takes: {', '.join(grouped_mm_dtypes(device)) or 'nothing'}")
+    for shape in [(1, 16384, 16), (16, 2048, 16)]:
+        scores = torch.randn(*shape, device=device)
+        replayed = milliseconds(lambda: assignment.balanced_assignment(scores))
+        launched = milliseconds(lambda: assignment.solve(scores))
+        print(f"balanced assignment {shape}: {replayed:.3f} ms replayed, {launched:.3f} ms "
+              f"launched op by op")
     modules = {
         "tMoE": TokenMoE(256, 1024, 16),
         "top-1": MoELayer(TopKGate(256, 16, 1), BatchedFeedForwardExperts(16, 256, 1024), 16),
@@ -43,6 +53,16 @@ def main():
     for name, module in modules.items():
         check(name, module, torch.randn(4, 512, 256))
     check("partial sMoE", PartialPredictionSMoE(512, 16, 512, 102), torch.randn(4, 512, 512))
+
+
+def milliseconds(fn, repeats=20):
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats * 1e3
 
 
 def check(name, module, x):

@@ -20,19 +20,19 @@ step() {  # step SECONDS COMMAND...: run with a time limit, name it if it fails
 }
 
 section "device"
-step 120 python benchmarks/gpu_device_check.py
+step 90 python benchmarks/gpu_device_check.py
 
 section "token mixers: bf16, batch 16, T 1024, width 2048, d_model 1024"
-step 120 python benchmarks/spatial_mixers.py --device cuda --dtype bfloat16 --batch 16 \
+step 100 python benchmarks/spatial_mixers.py --device cuda --dtype bfloat16 --batch 16 \
   --length 1024 --width 2048 --embed-dim 1024 --experts 1 16
 
 section "MoE layers: bf16, 16384 tokens, d_model 1024, d_ffn 4096, 16 experts"
-step 120 python benchmarks/moe_layers.py --device cuda --dtype bfloat16 --tokens 16384 \
+step 60 python benchmarks/moe_layers.py --device cuda --dtype bfloat16 --tokens 16384 \
   --embed-dim 1024 --ffn-dim 4096 --experts 16
 
 section "fairseq-train: the eight systems at the cpu scale's equal FLOPs, fp16, batch 64 x 128"
-step 240 python benchmarks/train_throughput.py "$data" --scale cpu --batch-size 64 --updates 60 \
+step 200 python benchmarks/train_throughput.py "$data" --scale cpu --batch-size 64 --updates 60 \
   -- --fp16
 
 section "fully_sharded on one GPU"
-step 150 python benchmarks/fully_sharded_gpu.py "$data" --gpus 1 --updates 6
+step 110 python benchmarks/fully_sharded_gpu.py "$data" --gpus 1 --updates 6
