@@ -144,13 +144,15 @@ def main():
     parser.add_argument("--experts", type=int, default=4,
                         help="experts of every MoE; a multiple or a divisor of --gpus")
     parser.add_argument("--updates", type=int, default=6, help="updates per run")
+    parser.add_argument("--archs", default=",".join(ARCHS),
+                        help=f"comma-separated archs to check (default: {','.join(ARCHS)})")
     args = parser.parse_args()
     if not 1 <= args.gpus <= torch.cuda.device_count():
         sys.exit(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA "
                  f"device(s); the check needs at least one")
     with tempfile.TemporaryDirectory() as work:
         results = [check_arch(args.data, arch, args.gpus, args.experts, args.updates, Path(work))
-                   for arch in ARCHS]
+                   for arch in args.archs.split(",")]
     sys.exit(0 if all(results) else 1)
 
 

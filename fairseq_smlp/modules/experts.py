@@ -40,12 +40,16 @@ class BatchedFeedForwardExperts(nn.Module):
     def forward_packed(self, rows: torch.Tensor, group_end: torch.Tensor) -> torch.Tensor:
         """(M, D) -> (M, D): expert e applied to rows [group_end[e - 1], group_end[e]), with
         group_end[-1] = M."""
+        num_experts = group_end.numel()
         row = torch.arange(rows.size(0), device=rows.device)
-        expert = torch.searchsorted(group_end.long(), row, right=True)
-        expert = expert.clamp_max(group_end.numel() - 1)  # (M,) the expert of each row
-        hidden = F.grouped_mm(rows, self.fc1_weight, offs=group_end)  # (M, F)
-        hidden = self.activation(hidden + self.fc1_bias.squeeze(1)[expert])
-        return F.grouped_mm(hidden, self.fc2_weight, offs=group_end) + self.fc2_bias.squeeze(1)[expert]
+        expert = torch.searchsorted(group_end.long(), row, right=True).clamp_max(num_experts - 1)
+        # Biases enter as (M, E) one-hot @ (E, F): their gradient is then a matrix product too,
+        # not M atomic adds into E rows.
+        one_hot = (expert[:, None] == torch.arange(num_experts, device=rows.device)).to(rows.dtype)
+        hidden = torch.addmm(F.grouped_mm(rows, self.fc1_weight, offs=group_end), one_hot,
+                             self.fc1_bias.squeeze(1))  # (M, F)
+        return torch.addmm(F.grouped_mm(self.activation(hidden), self.fc2_weight, offs=group_end),
+                           one_hot, self.fc2_bias.squeeze(1))  # (M, D)
 
     def extra_repr(self) -> str:
         e, d, f = self.shape
