@@ -71,7 +71,7 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
         taken = count[:num_experts] if capacity is None else count[:num_experts].clamp_max(capacity)
         group_end = taken.cumsum(0)  # (E,)
         row = (group_end - taken)[expert.clamp_max(num_experts - 1)] + position
-        group_end[-1] = rows
+        group_end[-1:].fill_(rows)  # (not [-1] = rows: that copies a host value over)
     else:
         rows, group_end = num_experts * capacity, None
         row = expert * capacity + position

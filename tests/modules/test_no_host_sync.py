@@ -1,12 +1,14 @@
-"""The training routing path never reads a value back to the host: on a GPU each such read
-(``.item()``, ``.any()`` in an ``if``, ``nonzero``, boolean-mask indexing, ``bincount``) stalls
-the step until every queued kernel has run. Checked on CPU by recording every aten operator a
-training-mode forward and backward calls and refusing those that need the host to see data."""
+"""The training routing path never makes the host wait for the device: on a GPU each read back
+(``.item()``, ``.any()`` in an ``if``, ``nonzero``, boolean-mask indexing, ``bincount``) or
+copy of Python data into a tensor (``t[i] = 3``) stalls the step until every queued kernel has
+run. Checked on CPU by recording every aten operator a training-mode forward and backward calls
+and refusing those that need the host to see data, or that make a tensor from Python data."""
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fairseq_smlp.modules import experts as experts_module
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
@@ -14,11 +16,12 @@ from fairseq_smlp.modules.smoe import PartialPredictionSMoE
 from fairseq_smlp.modules.tmoe import TokenMoE
 
 # aten operators whose result the host must see (a scalar it reads, or an output whose size
-# depends on the data).
-HOST_READS = {
+# depends on the data), and lift_fresh, a tensor made from Python data (a copy from host memory
+# when it is then written into a GPU tensor).
+HOST_WAITS = {
     "_local_scalar_dense", "is_nonzero", "nonzero", "nonzero_static", "masked_select",
     "bincount", "unique", "_unique2", "unique_consecutive", "unique_dim", "item",
-    "repeat_interleave", "equal",
+    "repeat_interleave", "equal", "lift_fresh",
 }
 
 
@@ -29,7 +32,7 @@ class HostReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name in HOST_READS or (name == "index" and any(
+        if name in HOST_WAITS or (name == "index" and any(
                 t is not None and t.dtype == torch.bool for t in args[1])):
             self.seen.append(str(func))
         return func(*args, **(kwargs or {}))
@@ -48,18 +51,29 @@ def host_reads(module, x):
     ("top1", lambda: MoELayer(TopKGate(16, 4, 1), BatchedFeedForwardExperts(4, 16, 32), 4)),
     ("top2", lambda: MoELayer(TopKGate(16, 4, 2), BatchedFeedForwardExperts(4, 16, 32), 4)),
 ])
-def test_training_moe_layer_never_reads_back(name, build):
+@pytest.mark.parametrize("packed", [False, True])
+def test_training_moe_layer_never_waits(monkeypatch, name, build, packed):
+    if packed:  # the layout of CUDA bf16, which torch's CPU grouped product also runs in fp32
+        monkeypatch.setattr(experts_module, "PACKED_DEVICE_TYPES", ("cpu",))
+        monkeypatch.setattr(experts_module, "PACKED_DTYPES", (torch.float32,))
     assert host_reads(build(), torch.randn(2, 24, 16, requires_grad=True)) == []
 
 
-def test_training_partial_smoe_never_reads_back():
+def test_training_partial_smoe_never_waits():
     smoe = PartialPredictionSMoE(width=16, num_experts=4, max_positions=12, context_positions=3)
     assert host_reads(smoe, torch.randn(2, 12, 16, requires_grad=True)) == []
 
 
-def test_the_check_sees_a_host_read():
-    class Reads(torch.nn.Module):
+@pytest.mark.parametrize("forward", [
+    lambda x: x[x > 0].sum(),
+    lambda x: x * x.sum().item(),
+    lambda x: x.index_fill(0, torch.zeros(1, dtype=torch.long), 0.0) if x.sum() > 0 else x,
+    lambda x: torch.cat([x, x.new_zeros(1).index_put_((torch.zeros(1, dtype=torch.long),),
+                                                      torch.tensor(2.0))]),
+])
+def test_the_check_sees_the_host_wait(forward):
+    class Waits(torch.nn.Module):
         def forward(self, x):
-            return x[x > 0].sum() + x.sum().item()
+            return forward(x)
 
-    assert host_reads(Reads(), torch.randn(4, requires_grad=True)) != []
+    assert host_reads(Waits(), torch.randn(4, requires_grad=True)) != []
