@@ -34,8 +34,8 @@ step 40 python benchmarks/moe_layers.py --device cuda --dtype bfloat16 --tokens 
 section "where the GPU time goes: top kernels of one training step, and host waits"
 step 60 python benchmarks/profile_routing.py
 
-section "fairseq-train: the eight systems at the cpu scale's equal FLOPs, fp16, batch 64 x 128"
-step 170 python benchmarks/train_throughput.py "$data" --scale cpu --batch-size 64 --updates 48 \
+section "fairseq-train: the eight systems at the gpu scale's equal FLOPs, fp16, batch 16 x 1024"
+step 170 python benchmarks/train_throughput.py "$data" --scale gpu --batch-size 16 --updates 48 \
   -- --fp16
 
 section "fully_sharded on one GPU (smlp_deterministic_tiny)"

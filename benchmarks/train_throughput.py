@@ -5,7 +5,7 @@ same run.
 
     python benchmarks/train_throughput.py DATA_BIN [--scale cpu] [--updates 60]
         [--systems a,b] [--batch-size 16] [-- extra fairseq-train flags]
-    python benchmarks/train_throughput.py DATA_BIN --scale paper --batch-size 8 -- --fp16
+    python benchmarks/train_throughput.py DATA_BIN --scale gpu --batch-size 16 -- --fp16
 
 Systems and their equal-FLOPs sizes come from fairseq_smlp/comparison/systems.py, FLOPs per
 token from fairseq_smlp/comparison/flops.py. Tokens/s counts every token a step processes (for
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import fairseq_smlp
 from fairseq_smlp.comparison.flops import model_costs, parse_training_args, vocabulary_size
-from fairseq_smlp.comparison.systems import SYSTEMS, system
+from fairseq_smlp.comparison.systems import SCALES, SYSTEMS, system
 from fairseq_smlp.comparison.train_log import PROGRESS_LINE
 
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
@@ -69,7 +69,7 @@ def split_at_double_dash(argv):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="a binarized data directory (examples/prepare_data.sh)")
-    parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu",
+    parser.add_argument("--scale", choices=SCALES, default="cpu",
                         help="the systems' sizes (fairseq_smlp/comparison/systems.py)")
     parser.add_argument("--updates", type=int, default=60, help="updates per system")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per update")

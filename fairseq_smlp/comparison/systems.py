@@ -1,4 +1,4 @@
-"""The systems of the paper's comparison, each at two scales, sized to equal FLOPs per token.
+"""The systems of the paper's comparison, each at three scales, sized to equal FLOPs per token.
 
 Every system is a fairseq-train arch with its task and criterion and the size flags that give it
 the training FLOPs per token of the others at the same scale (see docs/flops.md for the formulas;
@@ -8,6 +8,10 @@ tests/comparison/test_systems.py holds them within 1% of each other):
   smlp_deterministic_tiny (4 blocks, 2 of them sparse, 4 experts per sMoE and tMoE); the others
   keep 4 layers where they have layers to keep, and their FFN width (or gMLP's depth) is chosen
   to match it.
+- ``gpu``: the paper's widths (d_model 1024, d_ffn 4096, T = 1024, 16 experts per MoE layer) at
+  a depth that one GPU trains in seconds, for throughput on the bundled corpus. The reference is
+  smlp_deterministic with 4 blocks, 2 of them sparse; the Transformers keep 4 layers with FFNs
+  3072 wide (GShard's experts half that), gMLP takes 6 blocks.
 - ``paper``: the paper's main comparison (d_model 1024, d_ffn 4096, T = 1024, 16 experts per MoE
   layer). The reference is fairseq's ``transformer_lm_gpt3_medium``, the dense shape of the MoE
   baselines; the all-MLP models match it by depth, GShard (two experts per token) by FFN width.
@@ -20,8 +24,10 @@ import argparse
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
-SCALES = ("cpu", "paper")
-TOKENS_PER_SAMPLE = {"cpu": 128, "paper": 1024}
+SCALES = ("cpu", "gpu", "paper")
+TOKENS_PER_SAMPLE = {"cpu": 128, "gpu": 1024, "paper": 1024}
+# Flags the Transformer systems share at the gpu scale.
+GPU_TRANSFORMER = ("--decoder-layers", "4", "--decoder-ffn-embed-dim", "3072")
 
 LM, PARTIAL_LM = "language_modeling", "partial_prediction_lm"
 
@@ -56,6 +62,7 @@ SYSTEMS: Tuple[System, ...] = (
                     "--decoder-normalize-before", "--decoder-ffn-embed-dim", "384",
                     "--decoder-layers", "4", "--decoder-attention-heads", "4",
                     "--share-decoder-input-output-embed"),
+            "gpu": ("--arch", "transformer_lm_gpt3_medium", *GPU_TRANSFORMER),
             "paper": ("--arch", "transformer_lm_gpt3_medium"),
         },
     ),
@@ -63,6 +70,7 @@ SYSTEMS: Tuple[System, ...] = (
         "gmlp", "gMLP (dense all-MLP)", LM, "cross_entropy",
         {
             "cpu": ("--arch", "gmlp_lm_tiny", "--decoder-layers", "6"),
+            "gpu": ("--arch", "gmlp_lm", "--decoder-layers", "6"),
             "paper": ("--arch", "gmlp_lm", "--decoder-layers", "42"),
         },
     ),
@@ -70,6 +78,7 @@ SYSTEMS: Tuple[System, ...] = (
         "smlp_deterministic", "sMLP, deterministic routing", LM, "moe_cross_entropy",
         {
             "cpu": ("--arch", "smlp_deterministic_tiny"),
+            "gpu": ("--arch", "smlp_deterministic", "--decoder-layers", "4", "--sparse-layers", "2"),
             "paper": ("--arch", "smlp_deterministic", "--decoder-layers", "28",
                       "--sparse-layers", "14"),
         },
@@ -78,6 +87,7 @@ SYSTEMS: Tuple[System, ...] = (
         "smlp_partial", "sMLP, partial prediction", PARTIAL_LM, "partial_prediction_cross_entropy",
         {
             "cpu": ("--arch", "smlp_partial_tiny"),
+            "gpu": ("--arch", "smlp_partial", "--decoder-layers", "4", "--sparse-layers", "2"),
             "paper": ("--arch", "smlp_partial", "--decoder-layers", "28", "--sparse-layers", "14"),
         },
     ),
@@ -86,6 +96,8 @@ SYSTEMS: Tuple[System, ...] = (
         {
             "cpu": ("--arch", "transformer_lm_gshard_tiny", "--decoder-ffn-embed-dim", "384",
                     "--moe-expert-ffn-dim", "192"),
+            "gpu": ("--arch", "transformer_lm_gshard", *GPU_TRANSFORMER, "--moe-expert-ffn-dim",
+                    "1536", "--moe-second-expert-policy", "all"),
             "paper": ("--arch", "transformer_lm_gshard", "--moe-expert-ffn-dim", "2048",
                       "--moe-second-expert-policy", "all"),
         },
@@ -94,6 +106,7 @@ SYSTEMS: Tuple[System, ...] = (
         "switch", "Switch (top-1)", LM, "moe_cross_entropy",
         {
             "cpu": ("--arch", "transformer_lm_switch_tiny", "--decoder-ffn-embed-dim", "384"),
+            "gpu": ("--arch", "transformer_lm_switch", *GPU_TRANSFORMER),
             "paper": ("--arch", "transformer_lm_switch"),
         },
     ),
@@ -101,6 +114,7 @@ SYSTEMS: Tuple[System, ...] = (
         "base", "BASE layers", LM, "moe_cross_entropy",
         {
             "cpu": ("--arch", "transformer_lm_base_tiny", "--decoder-ffn-embed-dim", "384"),
+            "gpu": ("--arch", "transformer_lm_base", *GPU_TRANSFORMER),
             "paper": ("--arch", "transformer_lm_base"),
         },
     ),
@@ -108,12 +122,13 @@ SYSTEMS: Tuple[System, ...] = (
         "hash", "Hash layers", LM, "moe_cross_entropy",
         {
             "cpu": ("--arch", "transformer_lm_hash_tiny", "--decoder-ffn-embed-dim", "384"),
+            "gpu": ("--arch", "transformer_lm_hash", *GPU_TRANSFORMER),
             "paper": ("--arch", "transformer_lm_hash"),
         },
     ),
 )
 
-REFERENCE = {"cpu": "smlp_deterministic", "paper": "transformer"}
+REFERENCE = {"cpu": "smlp_deterministic", "gpu": "smlp_deterministic", "paper": "transformer"}
 
 
 def system(name: str) -> System:

@@ -16,7 +16,7 @@ from fairseq_smlp.comparison.systems import REFERENCE, SCALES, SYSTEMS, system
 REPO = Path(__file__).resolve().parents[2]
 # Vocabulary sizes of the corpora each scale is meant for: the bundled corpus's sentencepiece
 # model, GPT-2's byte-level BPE as fairseq's dictionary holds it.
-VOCAB = {"cpu": 4096, "paper": 50264}
+VOCAB = {"cpu": 4096, "gpu": 4096, "paper": 50264}
 
 
 def parse(argv):
@@ -46,7 +46,7 @@ def test_systems_of_a_scale_cost_the_same_flops_per_token(scale):
 def test_unknown_system_and_scale_name_what_is_valid():
     with pytest.raises(ValueError, match="unknown system 'gpt'; valid: transformer, gmlp"):
         system("gpt")
-    with pytest.raises(ValueError, match="--scale must be one of cpu, paper; got 'tpu'"):
+    with pytest.raises(ValueError, match="--scale must be one of cpu, gpu, paper; got 'tpu'"):
         SYSTEMS[0].flags("tpu")
 
 
