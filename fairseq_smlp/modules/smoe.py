@@ -15,7 +15,7 @@ from torch import nn
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
 from ..distributed.fully_sharded import wrap_experts
 from .balanced_assignment import balanced_assignment
-from .column_rows import ColumnRoutes, columns_to_rows, rows_to_columns
+from .column_permutation import inverse_permutation, permute_columns
 from .expert_load import load_cv
 from .spatial_projection import CausalSpatialProjection
 
@@ -50,18 +50,13 @@ class SpatialExperts(CausalSpatialProjection):
         batch, length, width = x.shape
         columns = width // self.num_experts
         rows = x.view(batch, length, self.num_experts, columns).permute(2, 0, 3, 1)  # (E, B, C, L)
-        mixed = self.forward_expert_rows(rows.reshape(self.num_experts, batch * columns, length))
-        mixed = mixed.view(self.num_experts, batch, columns, length)
+        rows = rows.reshape(self.num_experts, batch * columns, length)
+        padded_count, padded_length = group_max([batch * columns, length], self.placement,
+                                                x.device)
+        rows = F.pad(rows, (0, padded_length - length, 0, padded_count - batch * columns))
+        mixed = run_experts(rows, self.forward_rows, self.placement)  # (E, N', L')
+        mixed = mixed[:, :batch * columns, :length].view(self.num_experts, batch, columns, length)
         return mixed.permute(1, 3, 0, 2).reshape(batch, length, width)
-
-    def forward_expert_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """(E, N, L) -> (E, N, L): expert e applied to the rows of rows[e], wherever it lives."""
-        if not self.placement.is_parallel:
-            return self.forward_rows(rows)
-        _, count, length = rows.shape
-        padded_count, padded_length = group_max([count, length], self.placement, rows.device)
-        rows = F.pad(rows, (0, padded_length - length, 0, padded_count - count))
-        return run_experts(rows, self.forward_rows, self.placement)[:, :count, :length]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_experts={self.num_experts}"
@@ -95,14 +90,15 @@ class PartialPredictionSMoE(nn.Module):
         self.stats: Dict[str, torch.Tensor] = {}
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        batch, length, width = z.shape
         context = z[:, : self.context_positions].transpose(1, 2)  # (B, H, min(L, P))
         context = F.pad(context, (0, self.context_positions - context.size(2)))  # (B, H, P)
         scores = self.router(context)  # (B, H, E)
         expert = balanced_assignment(scores)  # (B, H), H / E columns per expert
         gate = torch.sigmoid(scores.gather(2, expert.unsqueeze(-1))).transpose(1, 2)  # (B, 1, H)
-        routes = ColumnRoutes(expert, self.num_experts)
-        mixed = self.experts.forward_expert_rows(columns_to_rows(z, routes))  # (E, B H / E, L)
+        order = expert.argsort(dim=1, stable=True)  # (B, H): expert 0's columns first, ...
+        inverse = inverse_permutation(order)
+        grouped = permute_columns(z, order, inverse)  # (B, L, H), chunk e for expert e
+        mixed = permute_columns(self.experts(grouped), inverse, order)  # back to column order
         self.last_assignment = expert.detach()
         self.stats = {"greedy_load_cv": load_cv(scores.detach().argmax(-1), self.num_experts)}
-        return rows_to_columns(mixed, routes, batch) * gate.to(z.dtype)  # (B, L, H)
+        return mixed * gate.to(z.dtype)  # (B, L, H)
