@@ -2,10 +2,12 @@
 groups each sequence's columns by expert, and puts them back.
 
 Both directions are gathers along H, and the gradient of each is the gather by the inverse
-permutation, so no atomic scatter-add runs in the backward pass.
+permutation (adjoint_gather.py), so no atomic scatter-add runs in the backward pass.
 """
 
 import torch
+
+from .adjoint_gather import adjoint_gather
 
 
 def permute_columns(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -15,7 +17,7 @@ def permute_columns(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor)
         order: (B, H) a permutation of the columns of each sequence.
         inverse: (B, H) its inverse: inverse[b, order[b, j]] = j.
     """
-    return _PermuteColumns.apply(x, order, inverse)
+    return adjoint_gather(_gather_columns, x, order, inverse)
 
 
 def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
@@ -26,15 +28,3 @@ def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
 
 def _gather_columns(x, index):
     return x.gather(2, index.unsqueeze(1).expand(-1, x.size(1), -1))  # (B, L, H)
-
-
-class _PermuteColumns(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, order, inverse):
-        ctx.save_for_backward(inverse)
-        return _gather_columns(x, order)
-
-    @staticmethod
-    def backward(ctx, grad):
-        inverse, = ctx.saved_tensors
-        return _gather_columns(grad, inverse), None, None

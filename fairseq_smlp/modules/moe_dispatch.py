@@ -17,13 +17,15 @@ with a residual around the layer the token passes through unchanged. Two buffer 
 
 Nothing here reads a value back to the host: routes are built from sorts, cumulative sums and
 scatters, and both directions move rows by index gathers whose gradients are gathers too (the
-two index maps are each other's inverse), never by boolean masks.
+two index maps are each other's inverse; adjoint_gather.py), never by boolean masks.
 """
 
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from .adjoint_gather import adjoint_gather
 
 
 @dataclass
@@ -88,7 +90,7 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
 def dispatch(tokens: torch.Tensor, routes: Routes) -> torch.Tensor:
     """(S, D) -> (E, C, D) padded or (k S, D) packed: tokens grouped by expert, zero in empty
     rows."""
-    buffer = GatherRows.apply(tokens, routes.slot_token[:, None], routes.slot)  # (rows, D)
+    buffer = adjoint_gather(gather_sum, tokens, routes.slot_token[:, None], routes.slot)
     if routes.group_end is not None:
         return buffer
     return buffer.view(routes.num_experts, routes.capacity, -1)
@@ -101,7 +103,8 @@ def combine(expert_output: torch.Tensor, routes: Routes, weight: torch.Tensor) -
         weight: (S, k) combine weight of each choice.
     """
     flat = expert_output.reshape(-1, expert_output.size(-1))  # (rows, D)
-    choices = GatherRows.apply(flat, routes.slot.reshape(-1, 1), routes.slot_choice[:, None])
+    choices = adjoint_gather(gather_sum, flat, routes.slot.reshape(-1, 1),
+                             routes.slot_choice[:, None])  # (S k, D)
     return (choices.view(*weight.shape, -1) * weight.unsqueeze(-1)).sum(1)  # (S, D)
 
 
@@ -110,20 +113,3 @@ def gather_sum(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     picked = rows.index_select(0, index.clamp_min(0).reshape(-1)).view(*index.shape, -1)
     picked = picked.masked_fill_((index < 0).unsqueeze(-1), 0)  # (R, J, D)
     return picked.squeeze(1) if index.size(1) == 1 else picked.sum(1)
-
-
-class GatherRows(torch.autograd.Function):
-    """``gather_sum(rows, index)`` whose gradient is ``gather_sum(grad, adjoint)``: ``adjoint``
-    lists, for each row of ``rows``, the output rows that read it (-1: none). Every output row
-    reading distinct rows and ``adjoint`` being the inverse map, the gradient needs no atomic
-    scatter-add."""
-
-    @staticmethod
-    def forward(ctx, rows, index, adjoint):
-        ctx.save_for_backward(adjoint)
-        return gather_sum(rows, index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        adjoint, = ctx.saved_tensors
-        return gather_sum(grad.contiguous(), adjoint), None, None
