@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ..partial_prediction import DEFAULT_PREDICTION_FRACTION
 
@@ -45,6 +45,31 @@ class ProgressLine:
     wall: float  # fairseq's `wall`: seconds since the trainer was built
     tokens_per_update: float  # fairseq's `wpb`, averaged over the updates the line covers
     stamp: Optional[float] = None  # the line's own time (POSIX seconds), if it has one
+    where: str = ""  # file:line, for errors
+
+
+@dataclass(frozen=True)
+class ValidationBegins:
+    stamp: Optional[float]  # the "begin validation" line's time
+
+
+@dataclass(frozen=True)
+class ValidLine:
+    num_updates: int
+    ppl: float
+
+
+@dataclass(frozen=True)
+class Done:
+    """fairseq's "done training" line."""
+
+
+@dataclass(frozen=True)
+class PredictionFraction:
+    value: float  # the task's --prediction-fraction, from the configuration dump
+
+
+Event = Union[ProgressLine, ValidationBegins, ValidLine, Done, PredictionFraction]
 
 
 @dataclass(frozen=True)
@@ -73,46 +98,10 @@ def read_train_log(path: Path) -> TrainLog:
             f"{path}: missing; it is fairseq-train's output (stdout and stderr) for this system, "
             f"run with --log-format json"
         )
-    progress: List[ProgressLine] = []
-    # (num_updates, valid_ppl, when its validation began if the log says) in log order
-    valid: List[Tuple[int, float, Optional[float]]] = []
-    complete = False
-    fraction = DEFAULT_PREDICTION_FRACTION
-    began = None
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        complete = complete or bool(DONE_LINE.search(line))
-        stamp = timestamp(line)
-        if BEGIN_VALIDATION.search(line):
-            began = stamp
-        fraction_match = PREDICTION_FRACTION.search(line)
-        if fraction_match:
-            fraction = float(fraction_match.group(1))
-        match = PROGRESS_LINE.search(line)
-        if not match:
-            continue
-        tag, where = match.group(1), f"{path}:{number}"
-        try:
-            stats = json.loads(match.group(2))
-        except json.JSONDecodeError as error:
-            raise ReportError(f"{where}: the {tag} line is not valid JSON ({error})") from error
-        # train_inner keys are bare; train and valid lines prefix every key with their tag.
-        prefix = "" if tag == "train_inner" else f"{tag}_"
-
-        def stat(key: str) -> float:
-            if prefix + key not in stats:
-                raise ReportError(
-                    f"{where}: the {tag} line has no '{prefix + key}'; fairseq-train's JSON "
-                    f"progress lines always do (--log-format json)"
-                )
-            return float(stats[prefix + key])
-
-        if tag == "valid":
-            valid.append((int(stat("num_updates")), stat("ppl"), began))
-            began = None
-        else:
-            progress.append(ProgressLine(tag, int(stat("num_updates")), stat("wall"), stat("wpb"),
-                                         stamp))
-            check_one_run(progress, where)
+    events = read_events(path)
+    progress = [event for event in events if isinstance(event, ProgressLine)]
+    check_one_run(progress)
+    valid = validations(events)
     if not valid:
         raise ReportError(
             f"{path}: no validation line ('| valid | {{...}}' with valid_ppl); fairseq-train "
@@ -125,33 +114,90 @@ def read_train_log(path: Path) -> TrainLog:
             f"time its validations by; fairseq-train writes train_inner every --log-interval "
             f"updates and train at each epoch's end, when run with --log-format json"
         )
-    points = [ValidPoint(updates, validation_start(progress, updates, began), ppl)
-              for updates, ppl, began in valid]
+    points = [ValidPoint(line.num_updates, validation_start(progress, line.num_updates, began),
+                         line.ppl) for line, began in valid]
     tokens = training_tokens(progress)
+    fractions = [event.value for event in events if isinstance(event, PredictionFraction)]
     return TrainLog(
         valid=points,
         num_updates=max(progress[-1].num_updates, points[-1].num_updates),
         seconds=max(progress[-1].wall, points[-1].seconds),
         train_tokens=tokens,
         tokens_per_second=tokens / progress[-1].wall if progress[-1].wall > 0 else None,
-        complete=complete,
-        prediction_fraction=fraction,
+        complete=any(isinstance(event, Done) for event in events),
+        prediction_fraction=fractions[-1] if fractions else DEFAULT_PREDICTION_FRACTION,
     )
 
 
-def check_one_run(progress: Sequence[ProgressLine], where: str) -> None:
-    """A restart from a checkpoint starts `wall` again from 0: times would no longer add up."""
-    if len(progress) < 2:
-        return
-    before, now = progress[-2], progress[-1]
-    for name, old, new in (("num_updates", before.num_updates, now.num_updates),
-                           ("wall", before.wall, now.wall)):
-        if new < old:
+def read_events(path: Path) -> List[Event]:
+    """The lines of the log the report reads, in order, as events."""
+    events: List[Event] = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        events.extend(line_events(line, f"{path}:{number}"))
+    return events
+
+
+def line_events(line: str, where: str) -> List[Event]:
+    events: List[Event] = []
+    if DONE_LINE.search(line):
+        events.append(Done())
+    if BEGIN_VALIDATION.search(line):
+        events.append(ValidationBegins(timestamp(line)))
+    fraction = PREDICTION_FRACTION.search(line)
+    if fraction:
+        events.append(PredictionFraction(float(fraction.group(1))))
+    match = PROGRESS_LINE.search(line)
+    if match:
+        events.append(progress_event(match.group(1), match.group(2), timestamp(line), where))
+    return events
+
+
+def progress_event(tag: str, text: str, stamp: Optional[float], where: str) -> Event:
+    """A train_inner, train or valid line's JSON as its event."""
+    try:
+        stats = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{where}: the {tag} line is not valid JSON ({error})") from error
+    # train_inner keys are bare; train and valid lines prefix every key with their tag.
+    prefix = "" if tag == "train_inner" else f"{tag}_"
+
+    def stat(key: str) -> float:
+        if prefix + key not in stats:
             raise ReportError(
-                f"{where}: {name} goes back from {old:g} to {new:g}: the log holds more than one "
-                f"fairseq-train run (a restart from a checkpoint?); the report reads one "
-                f"uninterrupted run per directory"
+                f"{where}: the {tag} line has no '{prefix + key}'; fairseq-train's JSON "
+                f"progress lines always do (--log-format json)"
             )
+        return float(stats[prefix + key])
+
+    if tag == "valid":
+        return ValidLine(int(stat("num_updates")), stat("ppl"))
+    return ProgressLine(tag, int(stat("num_updates")), stat("wall"), stat("wpb"), stamp, where)
+
+
+def validations(events: Sequence[Event]) -> List[Tuple[ValidLine, Optional[float]]]:
+    """Each valid line with the time its validation began, if a "begin validation" line came
+    after the previous valid line and had a time stamp."""
+    paired, began = [], None
+    for event in events:
+        if isinstance(event, ValidationBegins):
+            began = event.stamp
+        elif isinstance(event, ValidLine):
+            paired.append((event, began))
+            began = None
+    return paired
+
+
+def check_one_run(progress: Sequence[ProgressLine]) -> None:
+    """A restart from a checkpoint starts `wall` again from 0: times would no longer add up."""
+    for before, now in zip(progress, progress[1:]):
+        for name, old, new in (("num_updates", before.num_updates, now.num_updates),
+                               ("wall", before.wall, now.wall)):
+            if new < old:
+                raise ReportError(
+                    f"{now.where}: {name} goes back from {old:g} to {new:g}: the log holds more "
+                    f"than one fairseq-train run (a restart from a checkpoint?); the report reads "
+                    f"one uninterrupted run per directory"
+                )
 
 
 def training_tokens(progress: Sequence[ProgressLine]) -> float:
