@@ -11,8 +11,8 @@ ZERO_SHOT_DIR = "zero_shot"
 # The tasks whose validation sets ship offline, in the order of the paper's table.
 TASKS = ("copa", "piqa", "winogrande", "hellaswag")
 TASK_TITLES = {"copa": "COPA", "piqa": "PIQA", "winogrande": "Winogrande", "hellaswag": "HellaSwag"}
-# Zero-shot accuracy (%) of the paper's 2.0 TFLOPs models (Yu et al. 2022, as listed publicly;
-# ../shared/SPEC.md section 6); None where no figure is listed. No dense or gMLP row is listed.
+# Zero-shot accuracy (%) of the paper's 2.0 TFLOPs models (Yu et al. 2022, arXiv 2203.06850,
+# its zero-shot table); None where no figure is listed. No dense or gMLP row is listed.
 PAPER = {
     "smlp_deterministic": ("sMLP-deterministic 9.4B",
                            {"copa": 79.0, "piqa": 73.0, "winogrande": 54.3, "hellaswag": 54.5}),
