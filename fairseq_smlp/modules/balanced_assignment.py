@@ -4,16 +4,22 @@ close to the best a balanced assignment can reach.
 
 The work per call is fixed and stays on the device: no step reads a value back to the host or
 loops a data-dependent number of times, so a training step never waits on it. On CUDA the few
-hundred small kernels of one call are recorded once per input shape as a CUDA graph and replayed.
+hundred small kernels of one call are recorded as a CUDA graph once a shape recurs, and replayed.
 
-1. Clearing prices. An item goes to the expert of highest score minus price. Each of
-   ``PRICE_STEPS`` steps sets every expert's price, all at once, to the one at which exactly C
-   items would choose it were the other prices fixed (a quantile over the items).
-2. Auction rounds (Bertsekas 1988), ``AUCTION_ROUNDS`` of them, from those prices: every
-   unplaced item bids for its best expert, raising the price by its margin over its second
-   best; each expert keeps its C highest bids and its price becomes the lowest bid it kept.
-3. The items still unplaced take the free slots in item order, so every expert ends with
-   exactly C items (C = N / E) whatever happened before.
+An item goes to the expert of highest score minus price; the steps find prices and owners:
+
+1. Sinkhorn prices: ``SINKHORN_ITERATIONS`` iterations of the entropy-regularised balanced
+   transport give every expert a price. They move groups of similar experts together, which the
+   per-expert steps below cannot.
+2. Clearing steps, ``PRICE_STEPS`` of them: every expert's price is set, all at once, to the one
+   at which exactly C items would choose it were the other prices fixed (a quantile).
+3. Auction rounds (Bertsekas 1988), ``AUCTION_ROUNDS`` of them: every unplaced item bids for its
+   best expert, raising the price by its margin over its second best; each expert keeps its C
+   highest bids and its price becomes the lowest bid it kept.
+4. Closing rounds, ``CLOSING_ROUNDS`` of them: every item still unplaced proposes to its best
+   expert with room, which takes the proposals with the largest margins up to its free slots.
+5. What is left takes the free slots in item order, so every expert ends with exactly C items
+   (C = N / E) whatever happened before.
 
 A tiny fixed perturbation of the scores breaks ties, which would otherwise send every one of a
 group of identical items to the same expert. The gap to the exact optimum, measured against
@@ -21,23 +27,24 @@ scipy's ``linear_sum_assignment``, is in docs/design.md and held by tests. fairs
 solve the same problem with a C++ auction (``fairseq.libbase``) run to completion.
 """
 
-import functools
 import math
 import warnings
-from collections import OrderedDict
-from typing import Optional
+from collections import Counter
+from typing import Dict, Optional, Tuple
 
 import torch
 
-# Chosen by a sweep against the exact optimum (docs/design.md): fewer left skewed problems up to
-# 1% from it.
+# Chosen by a sweep against the exact optimum (docs/design.md): fewer leave skewed problems, or
+# groups of near-identical experts, over 1% from it.
+SINKHORN_ITERATIONS = 20
+SINKHORN_TEMPERATURE = 0.05  # relative to the spread of the scores
 PRICE_STEPS = 5
 AUCTION_ROUNDS = 6
-# Bid increment of the auction, relative to the spread of the scores.
-AUCTION_EPS = 1e-2
+AUCTION_EPS = 1e-2  # bid increment, relative to the spread
+CLOSING_ROUNDS = 2
 # Bids are within a few hundred increments of each other (prices start near clearing and each
-# round raises them by at most the spread plus one increment); experts' keys are this far apart
-# in increments.
+# round raises them by at most the spread plus one increment); experts' sort keys are this far
+# apart in increments.
 BID_KEY_STRIDE = 1e9
 # Tie-breaking perturbation, relative to the spread: it can cost at most twice this per item.
 TIE_BREAK = 1e-4
@@ -55,7 +62,7 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
     """
     *batch, num_items, num_experts = scores.shape
     scores = scores.reshape(-1, num_items, num_experts).float()  # (R, N, E)
-    if num_experts == 1:
+    if num_experts == 1 or num_items == 0:
         return scores.new_zeros(*batch, num_items, dtype=torch.long)
     if scores.is_cuda and not torch.cuda.is_current_stream_capturing():
         expert = replayed(scores)
@@ -65,7 +72,7 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
 
 
 def solve(scores: torch.Tensor) -> torch.Tensor:
-    """(R, N, E) float32 scores -> (R, N) experts: the three steps of the module's docstring."""
+    """(R, N, E) float32 scores -> (R, N) experts: the steps of the module's docstring."""
     num_items, num_experts = scores.shape[1:]
     capacity = math.ceil(num_items / num_experts)
     scores = replace_non_finite(scores)
@@ -77,60 +84,18 @@ def solve(scores: torch.Tensor) -> torch.Tensor:
     placeholders = num_experts * capacity - num_items
     if placeholders:
         scores = torch.cat([scores, scores.new_zeros(scores.size(0), placeholders, num_experts)], 1)
-    scores = scores + (TIE_BREAK * spread)[:, :, None] * tie_break(*scores.shape[1:], scores.device)
+    scores = scores + (TIE_BREAK * spread)[:, :, None] * tie_break(scores)
 
-    price = scores.new_zeros(scores.size(0), num_experts)  # (R, E)
+    price = sinkhorn_prices(scores, capacity, spread)  # (R, E)
     for _ in range(PRICE_STEPS):
         price = clearing_prices(scores, price, capacity)
     owner = torch.full(scores.shape[:2], -1, dtype=torch.long, device=scores.device)  # (R, N')
     bid = torch.zeros_like(scores[..., 0])  # (R, N') the price each placed item paid
     for _ in range(AUCTION_ROUNDS):
         owner, bid, price = auction_round(scores, owner, bid, price, capacity, AUCTION_EPS * spread)
+    for _ in range(CLOSING_ROUNDS):
+        owner = closing_round(scores - price[:, None, :], owner, capacity, spread)
     return fill_free_slots(owner, capacity)[:, :num_items]
-
-
-class CapturedSolve:
-    """``solve`` for one input shape recorded once as a CUDA graph and replayed: its few hundred
-    small kernels then cost the host one launch instead of one dispatch each."""
-
-    def __init__(self, example: torch.Tensor):
-        self.input = example.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            solve(self.input)  # loads the kernels and fills the tie-break cache
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = solve(self.input)
-
-    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
-        self.input.copy_(scores)
-        self.graph.replay()
-        return self.output.clone()  # the next replay overwrites the output
-
-
-_CAPTURED: "OrderedDict[tuple, Optional[CapturedSolve]]" = OrderedDict()
-# Shapes kept recorded; fairseq batches come in a few shapes (full batches, the last one).
-MAX_CAPTURED = 16
-
-
-def replayed(scores: torch.Tensor) -> torch.Tensor:
-    """``solve(scores)`` through a recorded graph, recorded on first use of the shape; where
-    recording fails (an older driver, say), ``solve`` itself, with a warning once."""
-    key = (tuple(scores.shape), scores.device)
-    if key not in _CAPTURED:
-        try:
-            _CAPTURED[key] = CapturedSolve(scores)
-        except RuntimeError as error:
-            warnings.warn(f"balanced assignment runs unrecorded: recording a CUDA graph failed "
-                          f"({error})")
-            _CAPTURED[key] = None
-        if len(_CAPTURED) > MAX_CAPTURED:
-            _CAPTURED.popitem(last=False)
-    _CAPTURED.move_to_end(key)
-    captured = _CAPTURED[key]
-    return captured(scores) if captured is not None else solve(scores)
 
 
 def replace_non_finite(scores: torch.Tensor) -> torch.Tensor:
@@ -143,13 +108,31 @@ def replace_non_finite(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(finite, scores, lowest)
 
 
-@functools.lru_cache(maxsize=64)
-def tie_break(num_items: int, num_experts: int, device: torch.device) -> torch.Tensor:
-    """(N, E) fixed pseudo-random values in [0, 1), the same for every call of this shape (no
-    random number generator is drawn from, so training's random stream is left alone)."""
-    item = torch.arange(num_items, dtype=torch.float64)[:, None]
-    expert = torch.arange(num_experts, dtype=torch.float64)[None, :]
-    return torch.frac(torch.sin(item * 12.9898 + expert * 78.233) * 43758.5453).float().to(device)
+def tie_break(scores: torch.Tensor) -> torch.Tensor:
+    """(N, E) values in [0, 1) from an integer hash of (item, expert): the same on every device
+    and call, made on the device (nothing copied from the host, nothing cached) and drawing from
+    no random number generator, so training's random stream is left alone."""
+    num_items, num_experts = scores.shape[1:]
+    item = torch.arange(num_items, device=scores.device)[:, None]
+    expert = torch.arange(num_experts, device=scores.device)[None, :]
+    key = ((item * 73856093) ^ (expert * 19349663)) % 2**32  # (N, E), no int64 overflow below
+    key = (key * 40503) % 2**32  # Knuth's multiplicative hash
+    key = key ^ (key >> 15)
+    return (key % 2**16).float() / 2**16
+
+
+def sinkhorn_prices(scores: torch.Tensor, capacity: int, spread: torch.Tensor) -> torch.Tensor:
+    """(R, E): the expert-side dual variables of the entropy-regularised transport in which every
+    item sends mass 1 and every expert receives ``capacity``, as prices."""
+    temperature = (SINKHORN_TEMPERATURE * spread)[:, :, None]  # (R, 1, 1)
+    # Scores lie in [0, spread]: the kernel stays within exp(-1 / SINKHORN_TEMPERATURE) of 1.
+    kernel = torch.exp((scores - scores.amax(dim=(1, 2), keepdim=True)) / temperature)  # (R, N, E)
+    expert_scale = scores.new_ones(scores.size(0), scores.size(2), 1)  # (R, E, 1)
+    for _ in range(SINKHORN_ITERATIONS):
+        item_scale = 1.0 / torch.bmm(kernel, expert_scale).clamp_min(1e-30)  # (R, N, 1)
+        expert_scale = capacity / torch.bmm(kernel.transpose(1, 2), item_scale).clamp_min(1e-30)
+    price = -temperature.squeeze(-1) * torch.log(expert_scale.squeeze(-1))  # (R, E)
+    return price - price.amin(dim=1, keepdim=True)
 
 
 def top_two(values: torch.Tensor):
@@ -172,44 +155,122 @@ def clearing_prices(scores: torch.Tensor, price: torch.Tensor, capacity: int) ->
     return 0.5 * (top[:, capacity - 1] + top[:, capacity])
 
 
+def rank_in_group(group: torch.Tensor, priority: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(R, N) rank of each item inside its group (0 = highest priority), groups in [0, G].
+
+    One sort on (group, -priority) packed into a float64 key; ``priority`` must span less than
+    BID_KEY_STRIDE."""
+    key = group.double() * BID_KEY_STRIDE - priority.double()
+    order = key.argsort(dim=1)  # (R, N) items grouped, highest priority first
+    sorted_group = group.gather(1, order)
+    count = group.new_zeros(group.size(0), num_groups + 1).scatter_add_(
+        1, group, torch.ones_like(group))  # (R, G + 1)
+    start = count.cumsum(1) - count
+    sorted_rank = torch.arange(group.size(1), device=group.device) - start.gather(1, sorted_group)
+    return torch.empty_like(sorted_rank).scatter_(1, order, sorted_rank)
+
+
 def auction_round(scores, owner, bid, price, capacity: int, eps):
     """One round of the auction. scores: (R, N, E); owner, bid: (R, N), owner -1 if unplaced;
     price: (R, E); eps: (R, 1). Returns the new owner, bid and price."""
-    num_items, num_experts = scores.shape[1:]
+    num_experts = scores.size(2)
     best, index, second = top_two(scores - price[:, None, :])
     unplaced = owner < 0
     new_bid = price.gather(1, index.squeeze(2)) + (best - second).squeeze(2) + eps  # (R, N)
     candidate = torch.where(unplaced, index.squeeze(2), owner)  # (R, N)
     candidate_bid = torch.where(unplaced, new_bid, bid)
-    # Each expert keeps its C highest bids: one sort on (expert, -bid) packed into a float64
-    # key (experts apart by far more than any bid), then each item's rank inside its group.
-    key = candidate.double() * BID_KEY_STRIDE - candidate_bid.double() / eps.double()
-    order = key.argsort(dim=1)  # (R, N)
-    sorted_expert = candidate.gather(1, order)
-    sorted_bid = candidate_bid.gather(1, order)
-    count = torch.zeros_like(price, dtype=torch.long).scatter_add_(
-        1, candidate, torch.ones_like(candidate))  # (R, E)
-    group_start = count.cumsum(1) - count
-    rank = torch.arange(num_items, device=scores.device) - group_start.gather(1, sorted_expert)
+    # Each expert keeps its C highest bids.
+    rank = rank_in_group(candidate, candidate_bid / eps, num_experts)
     kept = rank < capacity
-    owner = torch.empty_like(owner).scatter_(
-        1, order, torch.where(kept, sorted_expert, torch.full_like(sorted_expert, -1)))
-    bid = torch.empty_like(bid).scatter_(1, order, sorted_bid)
-    # A full expert's price becomes the lowest bid it kept: the bid ranked C - 1 in its group,
-    # or the old price where the expert is not full (scattered to a spare column E).
-    lowest_kept = torch.where(rank == capacity - 1, sorted_expert, num_experts)
-    price = torch.cat([price, price[:, :1]], dim=1).scatter_(1, lowest_kept, sorted_bid)
-    return owner, bid, price[:, :num_experts]
+    # A full expert's price becomes the lowest bid it kept, that of rank C - 1 (the others
+    # write to a spare column E).
+    lowest_kept = torch.where(rank == capacity - 1, candidate, num_experts)
+    price = torch.cat([price, price[:, :1]], dim=1).scatter_(1, lowest_kept, candidate_bid)
+    return torch.where(kept, candidate, -1), candidate_bid, price[:, :num_experts]
+
+
+def closing_round(values: torch.Tensor, owner: torch.Tensor, capacity: int,
+                  spread: torch.Tensor) -> torch.Tensor:
+    """Every unplaced item proposes to its best expert with a free slot (values: (R, N, E), score
+    minus price); each such expert accepts, up to its free slots, the proposals of largest margin
+    over the item's next such expert. Returns the new owner."""
+    num_experts = values.size(2)
+    free = capacity - placed_counts(owner, num_experts)  # (R, E)
+    best, index, second = top_two(values.masked_fill((free == 0)[:, None, :], -torch.inf))
+    # A margin in [0, 1] of the spread; 1 when a single expert has room.
+    margin = ((best - second).squeeze(2) / spread).nan_to_num(nan=0.0, posinf=1.0).clamp(0, 1)
+    candidate = torch.where(owner < 0, index.squeeze(2), num_experts)  # (R, N); E: no proposal
+    rank = rank_in_group(candidate, margin, num_experts)
+    room = torch.cat([free, torch.zeros_like(free[:, :1])], dim=1).gather(1, candidate)
+    return torch.where(rank < room, candidate, owner)
+
+
+def placed_counts(owner: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(R, E) items placed with each expert; owner -1 counts for none."""
+    count = owner.new_zeros(owner.size(0), num_experts + 1)
+    count.scatter_add_(1, torch.where(owner < 0, num_experts, owner), torch.ones_like(owner))
+    return count[:, :num_experts]
 
 
 def fill_free_slots(owner: torch.Tensor, capacity: int) -> torch.Tensor:
     """The unplaced items, in item order, take the free slots in expert order. Slots and items
     are equal in number, so every expert ends full."""
     num_experts = owner.size(1) // capacity
-    placed = owner.new_zeros(owner.size(0), num_experts + 1).scatter_add_(
-        1, torch.where(owner < 0, num_experts, owner), torch.ones_like(owner))[:, :num_experts]
-    slot_end = (capacity - placed).cumsum(1)  # (R, E)
+    slot_end = (capacity - placed_counts(owner, num_experts)).cumsum(1)  # (R, E)
     unplaced = owner < 0  # (R, N)
     arrival = unplaced.long().cumsum(1) - 1  # (R, N) rank among the unplaced
     expert = torch.searchsorted(slot_end, arrival, right=True).clamp_max(num_experts - 1)
     return torch.where(unplaced, expert, owner)
+
+
+class CapturedSolve:
+    """``solve`` for one input shape recorded once as a CUDA graph and replayed: its few hundred
+    small kernels then cost the host one launch instead of one dispatch each."""
+
+    def __init__(self, example: torch.Tensor):
+        self.input = example.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            solve(self.input)  # loads the kernels before recording
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: CUDA calls of other threads (a pin-memory thread) neither break the
+        # recording nor are refused while it runs.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.output = solve(self.input)
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        self.input.copy_(scores)
+        self.graph.replay()
+        return self.output.clone()  # the next replay overwrites the output
+
+
+# Shapes run op by op until seen RECORD_AFTER times, then recorded; at most MAX_RECORDED shapes
+# are, so batches of ever-changing sizes never make recording (which waits for the device)
+# happen every step.
+RECORD_AFTER = 2
+MAX_RECORDED = 16
+_RECORDED: Dict[Tuple, Optional[CapturedSolve]] = {}
+_SEEN: Counter = Counter()
+
+
+def replayed(scores: torch.Tensor) -> torch.Tensor:
+    """``solve(scores)``, through a recorded graph for recurring shapes."""
+    key = (tuple(scores.shape), scores.device)
+    if key not in _RECORDED:
+        _SEEN[key] += 1
+        if _SEEN[key] < RECORD_AFTER or len(_RECORDED) >= MAX_RECORDED:
+            return solve(scores)
+        _RECORDED[key] = record(scores)
+    captured = _RECORDED[key]
+    return captured(scores) if captured is not None else solve(scores)
+
+
+def record(scores: torch.Tensor) -> Optional[CapturedSolve]:
+    try:
+        return CapturedSolve(scores)
+    except RuntimeError as error:
+        warnings.warn(f"balanced assignment of shape {tuple(scores.shape)} runs op by op: "
+                      f"recording it as a CUDA graph failed ({error})")
+        return None

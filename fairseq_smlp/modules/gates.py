@@ -105,7 +105,8 @@ class TopKGate(nn.Module):
         weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-9)
         if self.training and self.second_expert_policy == "random":
             keep = torch.rand_like(weight[:, 1]) < 2 * weight[:, 1]
-            expert_index[:, 1] = torch.where(keep, second, torch.full_like(second, -1))
+            # A new tensor: the gather above keeps expert_index for its backward pass.
+            expert_index = torch.stack([first, torch.where(keep, second, -1)], dim=1)
         return expert_index, weight
 
 

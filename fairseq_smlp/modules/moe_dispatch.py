@@ -38,7 +38,7 @@ class Routes:
 
     @property
     def slot_token(self) -> torch.Tensor:
-        """(E * C,) the token in each slot, -1 where empty."""
+        """(rows,) the token in each slot, -1 where empty."""
         k = self.slot.size(1)
         return torch.where(self.slot_choice >= 0, self.slot_choice // k, -1)
 
@@ -93,7 +93,7 @@ def dispatch(tokens: torch.Tensor, routes: Routes) -> torch.Tensor:
     buffer = adjoint_gather(gather_sum, tokens, routes.slot_token[:, None], routes.slot)
     if routes.group_end is not None:
         return buffer
-    return buffer.view(routes.num_experts, routes.capacity, -1)
+    return buffer.view(routes.num_experts, routes.capacity, tokens.size(1))
 
 
 def combine(expert_output: torch.Tensor, routes: Routes, weight: torch.Tensor) -> torch.Tensor:
@@ -105,11 +105,14 @@ def combine(expert_output: torch.Tensor, routes: Routes, weight: torch.Tensor) -
     flat = expert_output.reshape(-1, expert_output.size(-1))  # (rows, D)
     choices = adjoint_gather(gather_sum, flat, routes.slot.reshape(-1, 1),
                              routes.slot_choice[:, None])  # (S k, D)
-    return (choices.view(*weight.shape, -1) * weight.unsqueeze(-1)).sum(1)  # (S, D)
+    return (choices.view(*weight.shape, flat.size(1)) * weight.unsqueeze(-1)).sum(1)  # (S, D)
 
 
 def gather_sum(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(M, D) rows, (R, J) index -> (R, D): out[r] = sum_j rows[index[r, j]], -1 adding nothing."""
-    picked = rows.index_select(0, index.clamp_min(0).reshape(-1)).view(*index.shape, -1)
+    if rows.size(0) == 0:  # an empty batch: every index is -1
+        return rows.new_zeros(index.size(0), rows.size(1))
+    picked = rows.index_select(0, index.clamp_min(0).reshape(-1))
+    picked = picked.view(*index.shape, rows.size(1))
     picked = picked.masked_fill_((index < 0).unsqueeze(-1), 0)  # (R, J, D)
     return picked.squeeze(1) if index.size(1) == 1 else picked.sum(1)

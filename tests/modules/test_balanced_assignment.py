@@ -53,6 +53,38 @@ def test_balanced_and_within_half_a_percent_of_the_optimum(make_scores, num_item
         assert best - total <= OPTIMALITY_GAP * abs(best)
 
 
+def substitutes(num_items, num_experts, generator, within):
+    """BASE-like affinities to two groups of near-identical centroids: the per-expert price steps
+    cannot tell the experts of a group apart, only the Sinkhorn start moves a group's prices
+    together."""
+    tokens = torch.randn(num_items, 64, generator=generator)
+    directions = torch.randn(2, 64, generator=generator).repeat_interleave(num_experts // 2, 0)
+    centroids = 0.3 * directions + within * torch.randn(num_experts, 64, generator=generator)
+    return tokens @ centroids.t()
+
+
+def ranked_groups(num_items, num_experts, generator):
+    """Half the experts are near-identical and worth up to 5 more to later items: the best
+    assignment gives them the later half."""
+    scores = 0.01 * torch.randn(num_items, num_experts, generator=generator)
+    scores[:, : num_experts // 2] += torch.linspace(0, 5, num_items)[:, None]
+    return scores
+
+
+# Groups of near-identical experts are harder: the design promises 1% there (docs/design.md).
+@pytest.mark.parametrize("make_scores", [
+    lambda n, e, g: substitutes(n, e, g, 0.0), lambda n, e, g: substitutes(n, e, g, 0.01),
+    lambda n, e, g: substitutes(n, e, g, 0.05), ranked_groups,
+])
+def test_groups_of_near_identical_experts_within_one_percent(make_scores):
+    generator = torch.Generator().manual_seed(5)
+    scores = make_scores(2048, 16, generator)
+    expert = balanced_assignment(scores)
+    assert torch.bincount(expert, minlength=16).eq(128).all()
+    best = optimal_total(scores)
+    assert best - float(scores.gather(1, expert[:, None]).sum()) <= 0.01 * abs(best)
+
+
 @pytest.mark.parametrize("num_items,num_experts", [(12, 3), (10, 3), (7, 2), (8, 8), (3, 4)])
 def test_small_problems_fill_every_expert(num_items, num_experts):
     scores = torch.randn(num_items, num_experts)

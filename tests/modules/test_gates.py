@@ -137,3 +137,23 @@ def test_bad_gate_settings_are_clear_errors():
         BalancedGate(D, 4).train()(torch.randn(2, D))
     with pytest.raises(ValueError, match="hash routing needs the token ids"):
         HashGate(10, 2, seed=1)(torch.randn(2, D))
+
+
+def test_random_second_expert_policy_trains():
+    layer = MoELayer(gate(2, second_expert_policy="random"), BatchedFeedForwardExperts(E, D, 4),
+                     E).train()
+    tokens = torch.randn(40, D, requires_grad=True)
+    layer(tokens).sum().backward()
+    assert layer.gate.wg.weight.grad is not None and tokens.grad is not None
+
+
+@pytest.mark.parametrize("name", ["top1", "top2", "hash"])
+@pytest.mark.parametrize("training", [True, False])
+def test_an_empty_batch_gives_an_empty_output(name, training):
+    gates = {"top1": lambda: gate(1), "top2": lambda: gate(2, second_expert_policy="all"),
+             "hash": lambda: HashGate(10, E, seed=1)}
+    layer = MoELayer(gates[name](), BatchedFeedForwardExperts(E, D, 4), E).train(training)
+    tokens = torch.randn(0, D, requires_grad=True)
+    out = layer(tokens, torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0, D)
+    out.sum().backward()

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fairseq_smlp.modules import experts as experts_module
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
-from fairseq_smlp.modules.gates import BalancedGate, TopKGate
+from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
 from fairseq_smlp.modules.smoe import PartialPredictionSMoE
 from fairseq_smlp.modules.tmoe import TokenMoE
@@ -57,6 +57,16 @@ def test_training_moe_layer_never_waits(monkeypatch, name, build, packed):
         monkeypatch.setattr(experts_module, "PACKED_DEVICE_TYPES", ("cpu",))
         monkeypatch.setattr(experts_module, "PACKED_DTYPES", (torch.float32,))
     assert host_reads(build(), torch.randn(2, 24, 16, requires_grad=True)) == []
+
+
+def test_training_hash_layer_never_waits_with_packed_groups(monkeypatch):
+    """Hash routing has no capacity: the padded layout reads the largest load back, the packed
+    layout of CUDA bf16 needs nothing from the host."""
+    monkeypatch.setattr(experts_module, "PACKED_DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(experts_module, "PACKED_DTYPES", (torch.float32,))
+    layer = MoELayer(HashGate(50, 4, seed=1), BatchedFeedForwardExperts(4, 16, 32), 4)
+    layer.token_ids = torch.randint(50, (2, 24))
+    assert host_reads(layer, torch.randn(2, 24, 16, requires_grad=True)) == []
 
 
 def test_training_partial_smoe_never_waits():
