@@ -68,6 +68,6 @@ def packed_experts_supported(experts: nn.Module, tokens: torch.Tensor) -> bool:
     if not isinstance(experts, BatchedFeedForwardExperts) or not hasattr(F, "grouped_mm"):
         return False
     _, embed_dim, ffn_dim = experts.shape
-    aligned = (embed_dim * tokens.element_size()) % 16 == 0 and (ffn_dim * tokens.element_size()) % 16 == 0
+    aligned = all(width * tokens.element_size() % 16 == 0 for width in (embed_dim, ffn_dim))
     return (tokens.device.type in PACKED_DEVICE_TYPES and tokens.dtype in PACKED_DTYPES
             and experts.fc1_weight.dtype == tokens.dtype and aligned)
