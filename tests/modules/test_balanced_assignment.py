@@ -120,3 +120,24 @@ def test_balances_degenerate_scores(scores):
     expert = balanced_assignment(scores)
     load = torch.bincount(expert, minlength=scores.size(1))
     assert load.max() - load.min() <= 1
+
+
+def test_shapes_are_recorded_once_seen_twice_and_at_most_a_bounded_number(monkeypatch):
+    """The CUDA graph policy, with recording replaced by a stand-in that counts (CPU tensors)."""
+    from fairseq_smlp.modules import balanced_assignment as module
+
+    recorded = []
+
+    def fake_record(scores):
+        recorded.append(tuple(scores.shape))
+        return lambda s: module.solve(s)
+
+    monkeypatch.setattr(module, "record", fake_record)
+    monkeypatch.setattr(module, "_RECORDED", {})
+    monkeypatch.setattr(module, "_SEEN", module.Counter())
+    monkeypatch.setattr(module, "MAX_RECORDED", 2)
+    shapes = [(1, 8, 2), (1, 8, 2), (1, 8, 2), (1, 6, 2), (1, 6, 2), (1, 4, 2), (1, 4, 2)]
+    for shape in shapes:
+        scores = torch.randn(*shape)
+        assert torch.equal(module.replayed(scores), module.solve(scores))
+    assert recorded == [(1, 8, 2), (1, 6, 2)]  # (1, 4, 2) came after the bound
