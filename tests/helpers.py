@@ -75,3 +75,12 @@ def _rank_main(rank, function, world_size, port, args):
         function(rank, world_size, *args)
     finally:
         dist.destroy_process_group()
+
+
+def pack_experts_on_cpu(monkeypatch) -> None:
+    """Route MoE layers through the packed layout of CUDA bf16, which torch's CPU grouped matrix
+    product also runs in fp32."""
+    from fairseq_smlp.modules import experts
+
+    monkeypatch.setattr(experts, "PACKED_DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(experts, "PACKED_DTYPES", (torch.float32,))

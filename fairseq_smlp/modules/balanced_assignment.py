@@ -133,7 +133,7 @@ def sinkhorn_prices(scores: torch.Tensor, capacity: int, spread: torch.Tensor) -
     for _ in range(SINKHORN_ITERATIONS):
         item_scale = 1.0 / (kernel * expert_scale[:, None, :]).sum(2, keepdim=True).clamp_min(1e-30)
         expert_scale = capacity / (kernel * item_scale).sum(1).clamp_min(1e-30)  # (R, E)
-    price = -SINKHORN_TEMPERATURE * spread * torch.log(expert_scale)  # (R, E)
+    price = -temperature.squeeze(-1) * torch.log(expert_scale)  # (R, E)
     return price - price.amin(dim=1, keepdim=True)
 
 
@@ -261,8 +261,10 @@ def replayed(scores: torch.Tensor) -> torch.Tensor:
     """``solve(scores)``, through a recorded graph for recurring shapes."""
     key = (tuple(scores.shape), scores.device)
     if key not in _RECORDED:
+        if len(_RECORDED) >= MAX_RECORDED:
+            return solve(scores)
         _SEEN[key] += 1
-        if _SEEN[key] < RECORD_AFTER or len(_RECORDED) >= MAX_RECORDED:
+        if _SEEN[key] < RECORD_AFTER:
             return solve(scores)
         _RECORDED[key] = record(scores)
     captured = _RECORDED[key]

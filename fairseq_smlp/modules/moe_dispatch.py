@@ -74,6 +74,7 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
         group_end = taken.cumsum(0)  # (E,)
         row = (group_end - taken)[expert.clamp_max(num_experts - 1)] + position
         group_end[-1:].fill_(rows)  # (not [-1] = rows: that copies a host value over)
+        group_end = group_end.int()  # grouped_mm takes int32 offsets
     else:
         rows, group_end = num_experts * capacity, None
         row = expert * capacity + position
@@ -82,8 +83,6 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
     slot_choice = torch.full((rows + 1,), -1, dtype=torch.long, device=expert.device)
     slot_choice = slot_choice.scatter_(0, row, choice)[:rows]
     slot = torch.where(kept, row, -1).view(k, num_tokens).t()  # (S, k)
-    if group_end is not None:
-        group_end = group_end.int()
     return Routes(slot, slot_choice, num_experts, None if packed else capacity, group_end)
 
 

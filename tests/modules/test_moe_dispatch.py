@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import pack_experts_on_cpu
 
 from fairseq_smlp.modules import experts as experts_module
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
@@ -84,8 +85,7 @@ def test_packed_experts_equal_padded_experts(monkeypatch, name, training):
     results = []
     for packed in (False, True):
         if packed:
-            monkeypatch.setattr(experts_module, "PACKED_DEVICE_TYPES", ("cpu",))
-            monkeypatch.setattr(experts_module, "PACKED_DTYPES", (torch.float32,))
+            pack_experts_on_cpu(monkeypatch)
         torch.manual_seed(0)
         layer = MoELayer(gates[name](), BatchedFeedForwardExperts(num_experts, dim, 16),
                          num_experts).train(training)

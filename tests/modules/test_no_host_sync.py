@@ -6,9 +6,9 @@ and refusing those that need the host to see data, or that make a tensor from Py
 
 import pytest
 import torch
+from helpers import pack_experts_on_cpu
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fairseq_smlp.modules import experts as experts_module
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
@@ -53,17 +53,15 @@ def host_reads(module, x):
 ])
 @pytest.mark.parametrize("packed", [False, True])
 def test_training_moe_layer_never_waits(monkeypatch, name, build, packed):
-    if packed:  # the layout of CUDA bf16, which torch's CPU grouped product also runs in fp32
-        monkeypatch.setattr(experts_module, "PACKED_DEVICE_TYPES", ("cpu",))
-        monkeypatch.setattr(experts_module, "PACKED_DTYPES", (torch.float32,))
+    if packed:
+        pack_experts_on_cpu(monkeypatch)
     assert host_reads(build(), torch.randn(2, 24, 16, requires_grad=True)) == []
 
 
 def test_training_hash_layer_never_waits_with_packed_groups(monkeypatch):
     """Hash routing has no capacity: the padded layout reads the largest load back, the packed
     layout of CUDA bf16 needs nothing from the host."""
-    monkeypatch.setattr(experts_module, "PACKED_DEVICE_TYPES", ("cpu",))
-    monkeypatch.setattr(experts_module, "PACKED_DTYPES", (torch.float32,))
+    pack_experts_on_cpu(monkeypatch)
     layer = MoELayer(HashGate(50, 4, seed=1), BatchedFeedForwardExperts(4, 16, 32), 4)
     layer.token_ids = torch.randint(50, (2, 24))
     assert host_reads(layer, torch.randn(2, 24, 16, requires_grad=True)) == []
