@@ -1,10 +1,13 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="fairseq-smlp",
     version="0.1.0",
     description="Sparse all-MLP language models (sMLP) and their MoE baselines as a fairseq plugin",
     packages=find_packages(include=["fairseq_smlp", "fairseq_smlp.*"]),
+    # The balanced assignment's CPU solver; plain C, no torch headers (modules/_auction.c).
+    ext_modules=[Extension("fairseq_smlp.modules._auction", ["fairseq_smlp/modules/_auction.c"],
+                           extra_compile_args=["-O3"])],
     python_requires=">=3.10",
     install_requires=[
         # Any torch build works: the README pins the CPU wheel, CUDA users bring their own.

@@ -84,3 +84,11 @@ def pack_experts_on_cpu(monkeypatch) -> None:
 
     monkeypatch.setattr(experts, "PACKED_DEVICE_TYPES", ("cpu",))
     monkeypatch.setattr(experts, "PACKED_DTYPES", (torch.float32,))
+
+
+def assign_as_on_a_device(monkeypatch) -> None:
+    """Run the balanced assignment's fixed-work device method on the CPU too, in place of the
+    compiled CPU auction."""
+    from fairseq_smlp.modules import balanced_assignment
+
+    monkeypatch.setattr(balanced_assignment, "_CPU_AUCTION", False)

@@ -2,6 +2,10 @@
 (Lewis et al. 2021): every expert receives the same number of items and the total affinity is
 close to the best a balanced assignment can reach.
 
+CPU tensors go to a compiled auction run to completion (``_auction.c``): on the CPU nothing
+waits for a read-back, and a sequential auction does a few thousand bids where the method below
+runs a few hundred tensor operators. Elsewhere (CUDA) the method below runs.
+
 The work per call is fixed and stays on the device: no step reads a value back to the host or
 loops a data-dependent number of times, so a training step never waits on it. On CUDA the few
 hundred small kernels of one call are recorded as a CUDA graph once a shape recurs, and replayed.
@@ -64,11 +68,41 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
     scores = scores.reshape(-1, num_items, num_experts).float()  # (R, N, E)
     if num_experts == 1 or num_items == 0:
         return scores.new_zeros(*batch, num_items, dtype=torch.long)
-    if scores.is_cuda and not torch.cuda.is_current_stream_capturing():
+    if scores.device.type == "cpu" and cpu_auction() is not None:
+        expert = auction_on_cpu(scores)
+    elif scores.is_cuda and not torch.cuda.is_current_stream_capturing():
         expert = replayed(scores)
     else:
         expert = solve(scores)
     return expert.reshape(*batch, num_items)
+
+
+def cpu_auction():
+    """The compiled CPU solver (``_auction.c``), or None where the package was not built."""
+    global _CPU_AUCTION
+    if _CPU_AUCTION is None:
+        try:
+            from . import _auction
+            _CPU_AUCTION = _auction
+        except ImportError:
+            warnings.warn("fairseq_smlp.modules._auction is not built (pip install -e . builds "
+                          "it): balanced assignment on the CPU runs the device method instead, "
+                          "several times slower")
+            _CPU_AUCTION = False
+    return _CPU_AUCTION or None
+
+
+_CPU_AUCTION = None
+
+
+def auction_on_cpu(scores: torch.Tensor) -> torch.Tensor:
+    """(R, N, E) float32 CPU scores -> (R, N) experts, by the compiled auction run to
+    completion: on the CPU no device waits for the host, so its data-dependent loop costs only
+    its own work."""
+    scores = scores.detach().contiguous()
+    expert = torch.empty(scores.shape[:2], dtype=torch.long)
+    cpu_auction().solve(scores.numpy(), expert.numpy(), *scores.shape)
+    return expert
 
 
 def solve(scores: torch.Tensor) -> torch.Tensor:

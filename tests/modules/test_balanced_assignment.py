@@ -1,13 +1,29 @@
 import numpy as np
 import pytest
 import torch
+from helpers import assign_as_on_a_device
 from scipy.optimize import linear_sum_assignment
 
+from fairseq_smlp.modules import balanced_assignment as module
 from fairseq_smlp.modules.balanced_assignment import balanced_assignment
 
 # The quality the design promises (docs/design.md): the total affinity of the assignment is
 # within this fraction of the exact optimum.
 OPTIMALITY_GAP = 0.005
+
+
+@pytest.fixture(params=["cpu auction", "device method"])
+def method(request, monkeypatch):
+    """Both solvers: the compiled auction that CPU tensors use, and the fixed-work method of
+    GPUs, run here on the CPU."""
+    if request.param == "device method":
+        assign_as_on_a_device(monkeypatch)
+    return request.param
+
+
+def test_the_cpu_auction_is_built():
+    """pip install builds it; without it CPU training falls back to the slower device method."""
+    assert module.cpu_auction() is not None
 
 
 def optimal_total(scores: torch.Tensor) -> float:
@@ -38,7 +54,7 @@ def tied_scores(num_items, num_experts, generator):
 @pytest.mark.parametrize("make_scores", [random_scores, skewed_scores, tied_scores])
 @pytest.mark.parametrize("num_items,num_experts", [(512, 16), (1024, 16), (1024, 32), (1000, 8),
                                                    (512, 4)])
-def test_balanced_and_within_half_a_percent_of_the_optimum(make_scores, num_items, num_experts):
+def test_balanced_and_within_half_a_percent_of_the_optimum(make_scores, num_items, num_experts, method):
     generator = torch.Generator().manual_seed(num_items + num_experts)
     for _ in range(2):
         scores = make_scores(num_items, num_experts, generator)
@@ -76,7 +92,7 @@ def ranked_groups(num_items, num_experts, generator):
     lambda n, e, g: substitutes(n, e, g, 0.0), lambda n, e, g: substitutes(n, e, g, 0.01),
     lambda n, e, g: substitutes(n, e, g, 0.05), ranked_groups,
 ])
-def test_groups_of_near_identical_experts_within_one_percent(make_scores):
+def test_groups_of_near_identical_experts_within_one_percent(make_scores, method):
     generator = torch.Generator().manual_seed(5)
     scores = make_scores(2048, 16, generator)
     expert = balanced_assignment(scores)
@@ -86,14 +102,14 @@ def test_groups_of_near_identical_experts_within_one_percent(make_scores):
 
 
 @pytest.mark.parametrize("num_items,num_experts", [(12, 3), (10, 3), (7, 2), (8, 8), (3, 4)])
-def test_small_problems_fill_every_expert(num_items, num_experts):
+def test_small_problems_fill_every_expert(num_items, num_experts, method):
     scores = torch.randn(num_items, num_experts)
     load = torch.bincount(balanced_assignment(scores), minlength=num_experts)
     assert load.max() <= -(-num_items // num_experts)
     assert load.sum() == num_items
 
 
-def test_follows_clear_preferences():
+def test_follows_clear_preferences(method):
     scores = torch.tensor([[5.0, 0.0], [0.0, 5.0], [4.0, 0.0], [0.0, 4.0]])
     assert balanced_assignment(scores).tolist() == [0, 1, 0, 1]
     # Everyone prefers expert 0: the two with the largest margin get it.
@@ -101,7 +117,7 @@ def test_follows_clear_preferences():
     assert balanced_assignment(scores).tolist() == [0, 1, 0, 1]
 
 
-def test_batched_rows_are_independent_problems():
+def test_batched_rows_are_independent_problems(method):
     torch.manual_seed(0)
     scores = torch.randn(3, 32, 4)
     batched = balanced_assignment(scores)
@@ -116,7 +132,7 @@ def test_batched_rows_are_independent_problems():
     torch.full((64, 4), 1000.0),  # all ties
     1e4 + 1e-3 * torch.randn(64, 4),  # large offset, tiny differences
 ])
-def test_balances_degenerate_scores(scores):
+def test_balances_degenerate_scores(scores, method):
     expert = balanced_assignment(scores)
     load = torch.bincount(expert, minlength=scores.size(1))
     assert load.max() - load.min() <= 1
@@ -124,8 +140,6 @@ def test_balances_degenerate_scores(scores):
 
 def test_shapes_are_recorded_once_seen_twice_and_at_most_a_bounded_number(monkeypatch):
     """The CUDA graph policy, with recording replaced by a stand-in that counts (CPU tensors)."""
-    from fairseq_smlp.modules import balanced_assignment as module
-
     recorded = []
 
     def fake_record(scores):

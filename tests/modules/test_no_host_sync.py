@@ -6,7 +6,7 @@ and refusing those that need the host to see data, or that make a tensor from Py
 
 import pytest
 import torch
-from helpers import pack_experts_on_cpu
+from helpers import assign_as_on_a_device, pack_experts_on_cpu
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
@@ -23,6 +23,12 @@ HOST_WAITS = {
     "bincount", "unique", "_unique2", "unique_consecutive", "unique_dim", "item",
     "repeat_interleave", "equal", "lift_fresh",
 }
+
+
+@pytest.fixture(autouse=True)
+def device_assignment(monkeypatch):
+    """The CPU auction is for CPU tensors; on a GPU the fixed-work method runs, checked here."""
+    assign_as_on_a_device(monkeypatch)
 
 
 class HostReads(TorchDispatchMode):
