@@ -1,15 +1,17 @@
 /*
- * Balanced assignment on the CPU: the auction of Bertsekas (1988) over expert slots, run to
+ * Balanced assignment on the CPU: an auction (Bertsekas 1988) in which experts sell slots, run to
  * completion. fairseq_smlp/modules/balanced_assignment.py calls it for CPU tensors, where no
  * device waits for the host and a loop of data-dependent length costs only its own work.
  *
- * Every expert has C identical slots, each with a price. An expert's slots form a min-heap on
- * price, so a bidder sees the cheapest slot at the root and the second cheapest among the root's
- * children. An unplaced item bids for the cheapest slot of the expert of highest score minus
- * price, raising that slot's price by its margin over its next best slot plus eps; the slot's
- * holder, if any, becomes unplaced. Placeholder items, of score 0 for every expert once the
- * scores are shifted to start at 0, make items and slots equal in number; the assignment is then
- * within (E * C) * eps of the best total affinity, and measured much closer (docs/design.md).
+ * Every expert has C slots, each holding an item and the bid it paid; the expert's price is the
+ * lowest bid it holds (0 while a slot is free), at the root of a min-heap of its slots. An
+ * unplaced item bids for the expert of highest score minus price, offering that price plus its
+ * margin over the next best expert plus eps; the bid takes the cheapest slot and evicts its
+ * holder, which bids again. Every holder then stays within eps of its best expert at the final
+ * prices. Placeholder items, of score 0 for every expert once the scores are shifted to start
+ * at 0, make items and slots equal in number, so every slot ends full and the assignment is
+ * within (E * C) * eps of the best total affinity (linear programming duality); measured, it is
+ * much closer (docs/design.md).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -28,7 +30,8 @@ typedef struct {
     int64_t experts;   /* E */
     int64_t capacity;  /* C */
     double *value;     /* (S, E) shifted scores, placeholder rows 0 */
-    double *price;     /* (E, C) one min-heap of slot prices per expert */
+    double *price;     /* (E, C) one min-heap of the bids held per expert */
+    double *cheapest;  /* (E) each expert's price, the root of its heap, contiguous */
     int64_t *holder;   /* (E, C) the item in each slot, -1 if free */
     int64_t *expert;   /* (S) each item's expert */
     int64_t *queue;    /* (S) ring buffer of the unplaced items */
@@ -52,7 +55,7 @@ static void sift_down(double *price, int64_t *holder, int64_t size) {
     }
 }
 
-/* Places every item, each within eps of its best slot at the prices the auction ends with. */
+/* Places every item, each within eps of its best expert at the prices the auction ends with. */
 static void run_auction(Auction *a, double eps) {
     const int64_t S = a->slots, E = a->experts, C = a->capacity;
     for (int64_t i = 0; i < S; i++) {
@@ -60,6 +63,7 @@ static void run_auction(Auction *a, double eps) {
         a->holder[i] = -1;
         a->queue[i] = i;
     }
+    for (int64_t e = 0; e < E; e++) a->cheapest[e] = 0.0;
     int64_t head = 0, waiting = S;
     for (int64_t bids = 0; waiting > 0 && bids < MAX_BIDS_PER_SLOT * S; bids++) {
         const int64_t item = a->queue[head];
@@ -69,7 +73,7 @@ static void run_auction(Auction *a, double eps) {
         int64_t best_expert = 0;
         double best = -INFINITY, second = -INFINITY;
         for (int64_t e = 0; e < E; e++) {
-            const double v = row[e] - a->price[e * C];
+            const double v = row[e] - a->cheapest[e];
             if (v > best) {
                 second = best;
                 best = v;
@@ -80,16 +84,12 @@ static void run_auction(Auction *a, double eps) {
         }
         double *heap = a->price + best_expert * C;
         int64_t *holders = a->holder + best_expert * C;
-        if (C > 1) {  /* the second cheapest slot of the same expert is an alternative too */
-            double next = heap[1];
-            if (C > 2 && heap[2] < next) next = heap[2];
-            if (row[best_expert] - next > second) second = row[best_expert] - next;
-        }
         const int64_t evicted = holders[0];
         heap[0] += best - second + eps;
         holders[0] = item;
         a->expert[item] = best_expert;
         sift_down(heap, holders, C);
+        a->cheapest[best_expert] = heap[0];
         if (evicted >= 0) a->queue[(head + waiting++) % S] = evicted;
     }
     for (int64_t slot = 0; slot < S && waiting > 0; slot++) {
@@ -140,10 +140,11 @@ static PyObject *solve(PyObject *self, PyObject *args) {
     a.slots = experts * a.capacity;
     a.value = malloc(a.slots * experts * sizeof(double));
     a.price = malloc(a.slots * sizeof(double));
+    a.cheapest = malloc(experts * sizeof(double));
     a.holder = malloc(a.slots * sizeof(int64_t));
     a.expert = malloc(a.slots * sizeof(int64_t));
     a.queue = malloc(a.slots * sizeof(int64_t));
-    if (!a.value || !a.price || !a.holder || !a.expert || !a.queue) {
+    if (!a.value || !a.price || !a.cheapest || !a.holder || !a.expert || !a.queue) {
         PyErr_NoMemory();
         goto done;
     }
@@ -157,6 +158,7 @@ static PyObject *solve(PyObject *self, PyObject *args) {
 done:
     free(a.value);
     free(a.price);
+    free(a.cheapest);
     free(a.holder);
     free(a.expert);
     free(a.queue);
