@@ -79,7 +79,7 @@ class TopKGate(nn.Module):
     def forward(self, tokens: torch.Tensor, token_ids=None) -> Routing:
         logits = F.linear(tokens.float(), self.wg.weight.float())  # (S, E) in fp32
         probs = logits.softmax(-1)
-        first = logits.argmax(-1)  # (S,)
+        first = logits.max(-1).indices  # (S,); on CPU argmax over E is several times slower
         aux_loss = load_balancing_loss(probs, first)
         stats = {"gate_entropy": entropy(probs.detach())}
         if self.k == 1:
@@ -97,9 +97,9 @@ class TopKGate(nn.Module):
         masked = logits.scatter(1, first.unsqueeze(1), float("-inf"))
         if self.training and self.second_expert_policy == "sampling":
             gumbel = -torch.empty_like(masked).exponential_().log()
-            second = (masked + gumbel).argmax(-1)
+            second = (masked + gumbel).max(-1).indices
         else:
-            second = masked.argmax(-1)
+            second = masked.max(-1).indices
         expert_index = torch.stack([first, second], dim=1)  # (S, 2)
         weight = probs.gather(1, expert_index)
         weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-9)
@@ -131,7 +131,7 @@ class BalancedGate(nn.Module):
                 f"(--moe-expert-count) or larger batches"
             )
         affinity = tokens @ self.centroids.t()  # (S, E)
-        greedy = affinity.detach().argmax(-1)
+        greedy = affinity.detach().max(-1).indices
         if self.training:
             expert = balanced_assignment(affinity.detach())
             capacity = math.ceil(tokens.size(0) / self.num_experts)

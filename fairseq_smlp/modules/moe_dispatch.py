@@ -104,6 +104,8 @@ def combine(expert_output: torch.Tensor, routes: Routes, weight: torch.Tensor) -
     flat = expert_output.reshape(-1, expert_output.size(-1))  # (rows, D)
     choices = adjoint_gather(gather_sum, flat, routes.slot.reshape(-1, 1),
                              routes.slot_choice[:, None])  # (S k, D)
+    if weight.size(1) == 1:
+        return choices * weight  # (S, D)
     return (choices.view(*weight.shape, flat.size(1)) * weight.unsqueeze(-1)).sum(1)  # (S, D)
 
 
@@ -112,6 +114,9 @@ def gather_sum(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if rows.size(0) == 0:  # an empty batch: every index is -1
         return rows.new_zeros(index.size(0), rows.size(1))
     picked = rows.index_select(0, index.clamp_min(0).reshape(-1))
-    picked = picked.view(*index.shape, rows.size(1))
-    picked = picked.masked_fill_((index < 0).unsqueeze(-1), 0)  # (R, J, D)
+    # Zeroed by a product with the 0/1 mask: a broadcast masked_fill_ is several times slower on
+    # CPU. A non-finite rows[0] would leave NaN in the rows that read it for -1, but it makes the
+    # loss non-finite anyway, and fairseq then skips the step.
+    picked = picked.view(*index.shape, rows.size(1)).mul_(
+        (index >= 0).unsqueeze(-1).to(rows.dtype))  # (R, J, D)
     return picked.squeeze(1) if index.size(1) == 1 else picked.sum(1)

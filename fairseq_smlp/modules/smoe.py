@@ -100,5 +100,6 @@ class PartialPredictionSMoE(nn.Module):
         grouped = permute_columns(z, order, inverse)  # (B, L, H), chunk e for expert e
         mixed = permute_columns(self.experts(grouped), inverse, order)  # back to column order
         self.last_assignment = expert.detach()
-        self.stats = {"greedy_load_cv": load_cv(scores.detach().argmax(-1), self.num_experts)}
+        greedy = scores.detach().max(-1).indices  # (B, H)
+        self.stats = {"greedy_load_cv": load_cv(greedy, self.num_experts)}
         return mixed * gate.to(z.dtype)  # (B, L, H)
