@@ -27,7 +27,7 @@ def main():
     parser.add_argument("--embed-dim", type=int, default=128)
     parser.add_argument("--ffn-dim", type=int, default=512)
     parser.add_argument("--experts", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -44,7 +44,7 @@ def main():
         return layer
 
     print(f"device {device}, {args.dtype}, {args.tokens} tokens, d_model {dim}, d_ffn {ffn}, "
-          f"{experts} experts, forward+backward, median of {args.repeats}")
+          f"{experts} experts, forward+backward, fastest of {args.repeats}")
     print(f"{'layer':<26}{'ms':>10}{'x dense':>10}")
     dense = {1: measure(DenseFeedForward(dim, ffn)), 2: measure(DenseFeedForward(dim, 2 * ffn))}
     print(f"{'dense FFN':<26}{dense[1] * 1e3:>10.2f}{1.0:>10.2f}")
