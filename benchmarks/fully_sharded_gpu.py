@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import fairseq_smlp
-from fairseq_smlp.distributed.fully_sharded_checkpoints import consolidate_sharded
+from fairseq_smlp.trainer.fully_sharded_checkpoints import consolidate_sharded
 
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
 ARCHS = ["smlp_deterministic_tiny", "transformer_lm_switch_tiny"]

@@ -18,8 +18,8 @@ from typing import Dict, List
 import torch
 from fairseq import checkpoint_utils
 
-from .distributed.expert_checkpoints import SHARDS_KEY
-from .distributed.fully_sharded_checkpoints import consolidate_sharded
+from .trainer.checkpoints import SHARDS_KEY
+from .trainer.fully_sharded_checkpoints import consolidate_sharded
 
 RANK_MARKER, FSDP_SHARD_MARKER = "-rank-", "-shard"
 

@@ -33,10 +33,10 @@ from fairseq import options, tasks
 from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
 
 from ..models.all_mlp import resolve_context
+from ..models.expert_flags import check_smoe_width
 from ..models.gmlp_lm import check_even_ffn_dim
 from ..models.smlp import parse_sparse_layer_indices, partial_routing_context, sparse_block_indices
 from ..models.transformer_moe import expert_ffn_dim, moe_layer_indices
-from ..modules.smoe import check_divisible
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
 # fairseq's Dictionary puts <pad> at index 1; learned positions start after it.
@@ -155,7 +155,7 @@ def gmlp_block(dim: int, ffn_dim: int, mixer: Part) -> Part:
 
 def smoe(args, length: int, context: int) -> Part:
     width, experts = args.decoder_ffn_embed_dim // 2, args.smoe_expert_count
-    check_divisible(width, experts)
+    check_smoe_width(width, experts)
     maps = spatial_maps(experts, width, length, context)
     if args.smoe_routing == "deterministic":
         return maps

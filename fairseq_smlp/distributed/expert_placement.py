@@ -22,10 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .all_to_all import all_to_all
-from .expert_checkpoints import install_per_rank_checkpoints
-from .fully_sharded import building_fully_sharded, check_fully_sharded_options
-from .grad_norm import install_expert_grad_norm
-from .mixed_precision import install_expert_fp32_copies
+from .fully_sharded import building_fully_sharded, saving_sharded_state, wrap_experts
 
 # (world size, group size) -> (this rank's all-to-all group, this rank's replica group). Groups
 # are made once per shape: torch.distributed needs every rank to create every group, in order.
@@ -65,10 +62,16 @@ class ExpertPlacement:
         first = self.group_rank * self.local_experts
         return slice(first, first + self.local_experts)
 
+    def place(self, experts: nn.Module) -> nn.Module:
+        """``experts``, a module whose every parameter is stacked along a leading expert
+        dimension of size E, as this rank holds it: its share of the experts kept and marked,
+        in an FSDP instance of its own under --ddp-backend fully_sharded. Every MoE places its
+        experts with this one call."""
+        return wrap_experts(self.shard(experts), self)
+
     def shard(self, experts: nn.Module) -> nn.Module:
-        """Keep this rank's experts of a module whose every parameter is stacked along a
-        leading expert dimension of size E, and mark them. Building all E experts first and
-        keeping a slice gives every rank the initialisation a single process would give."""
+        """Keep this rank's experts and mark them. Building all E experts first and keeping a
+        slice gives every rank the initialisation a single process would give."""
         if not self.is_parallel:
             return experts
         for module in experts.modules():
@@ -101,35 +104,43 @@ class ExpertPlacement:
         return grad / self.world_size
 
 
-def check_expert_count(num_experts: int, world_size: int, flag: str) -> None:
+class PlacementError(ValueError):
+    """An expert count that cannot be placed over the running job. The message continues the
+    name of the flag that set the count, which the model prepends (models/expert_flags.py)."""
+
+
+def check_spreadable(num_experts: int, world_size: int) -> None:
     if num_experts < 1:
-        raise ValueError(f"{flag} must be at least 1; got {num_experts}")
+        raise PlacementError(f"must be at least 1; got {num_experts}")
     if num_experts % world_size != 0 and world_size % num_experts != 0:
         valid = sorted({d for d in range(1, world_size + 1) if world_size % d == 0}
                        | {world_size * k for k in (1, 2, 4)})
-        raise ValueError(
-            f"{flag} {num_experts} cannot be spread over {world_size} ranks: the expert count "
-            f"must be a multiple or a divisor of the number of ranks (for {world_size} ranks, "
-            f"e.g. {', '.join(map(str, valid))})"
+        raise PlacementError(
+            f"{num_experts} cannot be spread over {world_size} ranks: the expert count must be "
+            f"a multiple or a divisor of the number of ranks (for {world_size} ranks, e.g. "
+            f"{', '.join(map(str, valid))})"
         )
 
 
-def expert_placement(num_experts: int, flag: str) -> ExpertPlacement:
+def expert_placement(num_experts: int) -> ExpertPlacement:
     """The placement of an MoE layer's ``num_experts`` experts over the ranks of the running
     job; all experts on this rank when torch.distributed is not initialised (one process,
-    fairseq-eval-lm) or has a single rank. ``flag`` names the option in errors."""
+    fairseq-eval-lm) or has a single rank. Raises PlacementError for a count it cannot place."""
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    check_expert_count(num_experts, world_size, flag)
+    check_spreadable(num_experts, world_size)
     if world_size == 1:
         return ExpertPlacement(num_experts)
     group_size = min(world_size, num_experts)
     fully_sharded = group_size > 1 and building_fully_sharded()
-    if fully_sharded:
-        check_fully_sharded_options(flag, num_experts, world_size)
+    if fully_sharded and not saving_sharded_state():
+        raise PlacementError(
+            f"{num_experts} spread over {world_size} ranks cannot yet be held by --ddp-backend "
+            f"fully_sharded without --use-sharded-state: fairseq would save the whole model "
+            f"from rank 0 alone and lose the other ranks' experts; add --use-sharded-state "
+            f"(every rank saves and resumes its own shard), or use --ddp-backend legacy_ddp (or "
+            f"pytorch_ddp on GPUs)"
+        )
     group, replica_group = process_groups(world_size, group_size)
-    install_expert_grad_norm()
-    install_expert_fp32_copies()
-    install_per_rank_checkpoints()
     rank = dist.get_rank()
     return ExpertPlacement(
         num_experts, group=group, group_size=group_size, group_rank=rank % group_size,

@@ -19,15 +19,15 @@ hook divides by G, with no all-reduce of its own: sum_r (g_r / G) / R = sum_r g_
 Gradient norm. fairseq's Trainer clips with ``utils.clip_grad_norm_`` over the optimizer's
 parameters (this rank's FSDP shards) and an aggregate function that all-reduces the squared norm
 of the shared shards over the data-parallel group; FSDP's own ``clip_grad_norm_`` is never called
-(it would refuse: the instances do not share one group). The norm wrapper of grad_norm.py adds
-the experts, summed over all ranks. Once FSDP has sharded an expert gradient over its replicas
-every entry lives on exactly one rank, so each counts once (``placement.gradient_copies`` is 1).
+(it would refuse: the instances do not share one group). trainer/grad_norm.py adds the experts,
+summed over all ranks. Once FSDP has sharded an expert gradient over its replicas every entry
+lives on exactly one rank, so each counts once (``placement.gradient_copies`` is 1).
 
 Checkpoints. Without --use-sharded-state fairseq saves the full state from rank 0 alone and
 broadcasts it at load time, which loses every other rank's experts, and its gathering of the full
 optimizer state needs one flat parameter per FSDP instance; that combination is refused. With it
 every rank saves and loads its own shard (``-shardR`` files), its experts included, and resumes
-on the same number of ranks; fully_sharded_checkpoints.py merges the files for one process.
+on the same number of ranks; trainer/fully_sharded_checkpoints.py merges them for one process.
 """
 
 from fairscale.nn.data_parallel.fully_sharded_data_parallel import ProcessGroupName
@@ -42,16 +42,9 @@ def building_fully_sharded() -> bool:
     return ConfigAutoWrap.in_autowrap_context
 
 
-def check_fully_sharded_options(flag: str, num_experts: int, world_size: int) -> None:
-    """Refuse what fully_sharded cannot do with experts spread over ranks."""
-    if not ConfigAutoWrap.kwargs.get("use_sharded_state", False):
-        raise ValueError(
-            f"--ddp-backend fully_sharded cannot yet hold experts spread over ranks ({flag} "
-            f"{num_experts} over {world_size} ranks) without --use-sharded-state: fairseq would "
-            f"save the whole model from rank 0 alone and lose the other ranks' experts; add "
-            f"--use-sharded-state (every rank saves and resumes its own shard), or use "
-            f"--ddp-backend legacy_ddp (or pytorch_ddp on GPUs)"
-        )
+def saving_sharded_state() -> bool:
+    """Whether fully_sharded saves every rank's own shard (--use-sharded-state)."""
+    return ConfigAutoWrap.kwargs.get("use_sharded_state", False)
 
 
 def wrap_experts(experts: nn.Module, placement) -> nn.Module:

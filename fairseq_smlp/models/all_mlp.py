@@ -1,12 +1,11 @@
 """The decoder shared by the all-MLP language models (gmlp_lm, smlp) and their context rule."""
 
-from typing import Dict
-
-import torch
 from fairseq.models import FairseqDecoder
 from fairseq.modules import FairseqDropout
 from fairseq.utils import safe_getattr
 from torch import nn
+
+from .routing_stats import routing_stats
 
 
 def check_context(length: int, context: int, what: str) -> None:
@@ -65,17 +64,7 @@ class AllMlpDecoder(FairseqDecoder):
         x = self.dropout(self.embed_tokens(prev_output_tokens))  # (B, L, D)
         for block in self.blocks:
             x = block(x)
-        return self.final_norm(x), {"routing_stats": self.routing_stats()}
-
-    def routing_stats(self) -> Dict[str, torch.Tensor]:
-        """The figures each routing module recorded in the last forward, named after its block,
-        e.g. ``b3.tmoe.load_cv``."""
-        stats = {}
-        for index, block in enumerate(self.blocks):
-            for module in block.modules():
-                for key, value in getattr(module, "stats", {}).items():
-                    stats[f"b{index}.{module.stats_name}.{key}"] = value
-        return stats
+        return self.final_norm(x), {"routing_stats": routing_stats(self.blocks)}
 
     def output_layer(self, features, **kwargs):
         return self.output_projection(features)

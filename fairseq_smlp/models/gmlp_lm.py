@@ -9,10 +9,10 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import nn
 
-from ..distributed.expert_checkpoints import ExpertCheckpointMixin
 from ..distributed.expert_placement import exclude_experts_from_ddp
 from ..modules.gmlp_block import GmlpBlock
 from ..modules.spatial_projection import CausalSpatialProjection
+from ..trainer.checkpoints import ExpertCheckpointMixin
 from .all_mlp import AllMlpDecoder, resolve_context
 
 

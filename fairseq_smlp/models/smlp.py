@@ -14,12 +14,11 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.utils import safe_getattr
 from torch import nn
 
-from ..distributed.expert_placement import expert_placement
-from ..distributed.fully_sharded import wrap_experts
 from ..modules.smoe import DeterministicSMoE, PartialPredictionSMoE
 from ..modules.sparse_block import SparseMlpBlock
 from ..modules.tmoe import TokenMoE
 from ..partial_prediction import context_length
+from .expert_flags import check_smoe_width, placement_for
 from .gmlp_lm import GmlpLanguageModel, GmlpLanguageModelConfig, dense_block, gmlp_lm_tiny
 
 SMOE_ROUTINGS = ["deterministic", "partial"]
@@ -114,17 +113,18 @@ class SmlpLanguageModel(GmlpLanguageModel):
         else:
             sparse = set(sparse_block_indices(args.decoder_layers, args.sparse_layers))
         dims = (args.decoder_embed_dim, args.decoder_ffn_embed_dim)
-        smoe_placement = expert_placement(args.smoe_expert_count, "--smoe-expert-count")
-        tmoe_placement = expert_placement(args.moe_expert_count, "--moe-expert-count")
+        check_smoe_width(width, args.smoe_expert_count)
+        smoe_placement = placement_for("--smoe-expert-count", args.smoe_expert_count)
+        tmoe_placement = placement_for("--moe-expert-count", args.moe_expert_count)
         blocks = nn.ModuleList()
         for index in range(args.decoder_layers):
             if index not in sparse:
                 blocks.append(dense_block(args, max_positions))
                 continue
             if context is None:
-                smoe = DeterministicSMoE(width, args.smoe_expert_count, max_positions,
-                                         smoe_placement)
-                smoe = wrap_experts(smoe, smoe_placement)  # nothing but experts in it
+                # Nothing but experts in it: the module is placed whole.
+                smoe = smoe_placement.place(DeterministicSMoE(
+                    width, args.smoe_expert_count, max_positions, smoe_placement))
             else:
                 smoe = PartialPredictionSMoE(width, args.smoe_expert_count, max_positions, context,
                                              smoe_placement)

@@ -21,11 +21,13 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from fairseq.utils import safe_getattr
 from torch import nn
 
-from ..distributed.expert_checkpoints import ExpertCheckpointMixin
-from ..distributed.expert_placement import exclude_experts_from_ddp, expert_placement
+from ..distributed.expert_placement import exclude_experts_from_ddp
 from ..modules.experts import BatchedFeedForwardExperts
 from ..modules.gates import SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate
 from ..modules.moe_layer import MoELayer
+from ..trainer.checkpoints import ExpertCheckpointMixin
+from .expert_flags import placement_for
+from .routing_stats import routing_stats
 
 MOE_GATES = ["top1", "top2", "balanced", "hash"]
 
@@ -111,7 +113,7 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
     @classmethod
     def build_model(cls, args, task):
         # Before any gate complains in its own words.
-        placement = expert_placement(args.moe_expert_count, "--moe-expert-count")
+        placement = placement_for("--moe-expert-count", args.moe_expert_count)
         model = super().build_model(args, task)
         cfg = TransformerConfig.from_namespace(args)
         activation = utils.get_activation_fn(args.activation_fn)
@@ -152,11 +154,7 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
         logits, extra = self.decoder(src_tokens, **kwargs)
         moe_layers = self.moe_layers()
         extra["moe_gate_losses"] = [m.gate_loss for m in moe_layers if m.gate_loss is not None]
-        extra["routing_stats"] = {
-            f"moe{index}.{key}": value
-            for index, moe in enumerate(moe_layers)
-            for key, value in moe.stats.items()
-        }
+        extra["routing_stats"] = routing_stats(self.decoder.layers)
         return logits, extra
 
 

@@ -6,13 +6,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..distributed.expert_placement import (
-    ExpertPlacement,
-    check_expert_count,
-    group_max,
-    run_experts,
-)
-from ..distributed.fully_sharded import wrap_experts
+from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
 from .expert_load import expert_counts, load_cv
 from .experts import packed_experts_supported
 from .moe_dispatch import combine, dispatch, route
@@ -35,14 +29,13 @@ class MoELayer(nn.Module):
                  placement: Optional[ExpertPlacement] = None):
         super().__init__()
         self.placement = placement or ExpertPlacement(num_experts)
-        check_expert_count(num_experts, self.placement.world_size, "--moe-expert-count")
         if self.placement.num_experts != num_experts:
             raise ValueError(
                 f"the placement is for {self.placement.num_experts} experts, the layer has "
                 f"{num_experts}"
             )
         self.gate = gate
-        self.experts = wrap_experts(self.placement.shard(experts), self.placement)
+        self.experts = self.placement.place(experts)
         self.num_experts = num_experts
         # Token ids of the tokens the next forward routes, for gates that need them (hash), when
         # the caller cannot pass them (inside fairseq's Transformer layer).

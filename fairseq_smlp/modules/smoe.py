@@ -13,20 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
-from ..distributed.fully_sharded import wrap_experts
 from .balanced_assignment import balanced_assignment
 from .column_permutation import inverse_permutation, permute_columns
 from .expert_load import load_cv
 from .spatial_projection import CausalSpatialProjection
-
-
-def check_divisible(width: int, num_experts: int) -> None:
-    if num_experts < 1 or width % num_experts != 0:
-        raise ValueError(
-            f"--smoe-expert-count {num_experts} must be at least 1 and divide the sMoE width "
-            f"{width} (half of --decoder-ffn-embed-dim) so that every expert gets the same "
-            f"number of feature columns"
-        )
 
 
 class SpatialExperts(CausalSpatialProjection):
@@ -38,11 +28,9 @@ class SpatialExperts(CausalSpatialProjection):
 
     def __init__(self, width: int, num_experts: int, max_positions: int,
                  placement: Optional[ExpertPlacement] = None):
-        check_divisible(width, num_experts)
         super().__init__(num_experts, max_positions)
         self.num_experts = num_experts
         self.placement = placement or ExpertPlacement(num_experts)
-        self.placement.shard(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.placement.is_parallel:
@@ -84,8 +72,8 @@ class PartialPredictionSMoE(nn.Module):
         self.num_experts = num_experts
         self.context_positions = context_positions
         self.router = nn.Linear(context_positions, num_experts, bias=False)  # W_r
-        experts = SpatialExperts(width, num_experts, max_positions, placement)
-        self.experts = wrap_experts(experts, experts.placement)
+        placement = placement or ExpertPlacement(num_experts)
+        self.experts = placement.place(SpatialExperts(width, num_experts, max_positions, placement))
         self.last_assignment = None
         self.stats: Dict[str, torch.Tensor] = {}
 

@@ -15,7 +15,7 @@ from typing import Dict, List
 import torch
 from fairseq import checkpoint_utils
 
-from .expert_checkpoints import SHARDS_KEY
+from .checkpoints import SHARDS_KEY
 
 # What a -shardR file holds for resuming on the same ranks only: FSDP's layout, the experts' ranks,
 # the rank's optimizer shard.

@@ -4,7 +4,7 @@ fairseq's ``utils.clip_grad_norm_`` computes the norm over the parameters not ma
 and scales every gradient, experts included, by the clip coefficient. With experts spread over
 ranks, a norm that leaves them out understates the global norm, and a per-rank norm that
 includes them differs between ranks (fairseq then stops with "gradients are inconsistent between
-workers"). Once a model places experts over several ranks, fairseq's function is wrapped so that
+workers"). fairseq's function is therefore wrapped (``install``) so that, for placed experts,
 the norm is that of the whole model: the squared norms of this rank's experts are summed over all
 ranks, each replicated expert counted once, and added to fairseq's own norm of the shared part.
 Under --ddp-backend fully_sharded fairseq's own part is the norm of the shared shards, all-reduced
@@ -21,7 +21,9 @@ _fairseq_clip_grad_norm = utils.clip_grad_norm_
 @torch.no_grad()
 def clip_grad_norm_with_experts(params, max_norm, aggregate_norm_fn=None) -> torch.Tensor:
     params = [params] if isinstance(params, torch.Tensor) else list(params)
-    experts = [p for p in params if hasattr(p, "expert") and getattr(p, "grad", None) is not None]
+    # Placed experts only: fairseq marks its own BASE layers' parameters ``expert`` too.
+    experts = [p for p in params
+               if hasattr(p, "expert_placement") and getattr(p, "grad", None) is not None]
     if not experts:
         return _fairseq_clip_grad_norm(params, max_norm, aggregate_norm_fn)
     shared_norm = _fairseq_clip_grad_norm(params, 0, aggregate_norm_fn).float()  # 0: measure only

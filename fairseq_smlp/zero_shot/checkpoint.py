@@ -11,7 +11,7 @@ from fairseq.data import Dictionary
 from fairseq.dataclass.utils import overwrite_args_by_name
 from fairseq.models import FairseqLanguageModel
 
-from ..distributed.expert_checkpoints import CONSOLIDATE
+from ..trainer.checkpoints import CONSOLIDATE
 
 RANK_FILE = re.compile(r"^(?P<stem>.*)-rank-\d+\.pt$")
 

@@ -77,7 +77,7 @@ def test_context_positions_get_no_gradient():
 @pytest.mark.parametrize("method,combined", [("sum", 2.0), ("average", 1.0)])
 def test_gate_loss_is_added_with_its_weight(method, combined):
     extra = {"moe_gate_losses": [torch.tensor(0.5), torch.tensor(1.5)],
-             "routing_stats": {"b1.tmoe.load_cv": torch.tensor(0.25)}}
+             "routing_stats": {"layer1.tmoe.load_cv": torch.tensor(0.25)}}
     task, model, sample, pad = make_case(extra)
     loss, sample_size, log = PartialPredictionCrossEntropyCriterion(task, False, 0.1, method)(
         model, sample
@@ -85,7 +85,7 @@ def test_gate_loss_is_added_with_its_weight(method, combined):
     nll, _ = hand_nll(model.logits, sample["target"], pad)
     assert math.isclose(float(loss.detach()), nll + 0.1 * combined * sample_size, rel_tol=1e-5)
     assert log["gate_loss"] == combined
-    assert log["routing/b1.tmoe.load_cv"] == 0.25
+    assert log["routing/layer1.tmoe.load_cv"] == 0.25
 
 
 def test_moe_cross_entropy_scores_every_position():

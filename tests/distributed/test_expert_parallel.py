@@ -9,10 +9,12 @@ from helpers import run_on_ranks
 
 from fairseq_smlp.distributed.all_to_all import all_to_all
 from fairseq_smlp.distributed.expert_placement import (
-    check_expert_count,
+    PlacementError,
+    check_spreadable,
     expert_placement,
     group_layout,
 )
+from fairseq_smlp.models.expert_flags import placement_for
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
@@ -93,7 +95,7 @@ def check_equal_to_one_process(rank, world, build_parallel, build_reference, inp
 def moe_layer(gate_name, num_experts, parallel):
     def build():
         torch.manual_seed(1)
-        placement = expert_placement(num_experts, "--moe-expert-count") if parallel else None
+        placement = expert_placement(num_experts) if parallel else None
         return MoELayer(GATES[gate_name](num_experts),
                         BatchedFeedForwardExperts(num_experts, D, F), num_experts, placement)
     return build
@@ -102,9 +104,10 @@ def moe_layer(gate_name, num_experts, parallel):
 def smoe(kind, num_experts, parallel):
     def build():
         torch.manual_seed(1)
-        placement = expert_placement(num_experts, "--smoe-expert-count") if parallel else None
+        placement = expert_placement(num_experts) if parallel else None
         if kind == "deterministic":
-            return DeterministicSMoE(H, num_experts, L, placement)
+            smoe = DeterministicSMoE(H, num_experts, L, placement)
+            return placement.place(smoe) if parallel else smoe
         return PartialPredictionSMoE(H, num_experts, L, CONTEXT, placement)
     return build
 
@@ -126,22 +129,22 @@ def moe_and_smoe_cases(rank, world, num_experts):
 
 def two_ranks_four_experts(rank, world):
     check_all_to_all(rank, world)
-    placement = expert_placement(4, "--moe-expert-count")
+    placement = expert_placement(4)
     assert (placement.group_size, placement.local_experts, placement.num_replicas) == (2, 2, 1)
     assert placement.local_slice == slice(2 * rank, 2 * rank + 2)
     moe_and_smoe_cases(rank, world, num_experts=4)
     ConfigAutoWrap.in_autowrap_context = True  # as fairseq builds models for fully_sharded
     try:
-        with pytest.raises(ValueError, match="--ddp-backend fully_sharded cannot yet hold "
-                                             "experts spread over ranks \\(--moe-expert-count 4 "
-                                             "over 2 ranks\\)"):
-            expert_placement(4, "--moe-expert-count")
+        with pytest.raises(ValueError, match="--moe-expert-count 4 spread over 2 ranks cannot "
+                                             "yet be held by --ddp-backend fully_sharded without "
+                                             "--use-sharded-state"):
+            placement_for("--moe-expert-count", 4)
     finally:
         ConfigAutoWrap.in_autowrap_context = False
 
 
 def four_ranks_two_experts(rank, world):
-    placement = expert_placement(2, "--moe-expert-count")
+    placement = expert_placement(2)
     assert (placement.group_size, placement.local_experts, placement.num_replicas) == (2, 1, 2)
     assert placement.local_slice == slice(rank % 2, rank % 2 + 1)
     moe_and_smoe_cases(rank, world, num_experts=2)
@@ -163,10 +166,13 @@ def test_group_layout():
 
 
 def test_expert_count_must_split_over_the_ranks():
-    check_expert_count(8, 4, "--moe-expert-count")
-    check_expert_count(2, 4, "--moe-expert-count")
-    with pytest.raises(ValueError, match="--moe-expert-count 6 cannot be spread over 4 ranks: "
-                                         "the expert count must be a multiple or a divisor"):
-        check_expert_count(6, 4, "--moe-expert-count")
-    with pytest.raises(ValueError, match="--smoe-expert-count must be at least 1; got 0"):
-        check_expert_count(0, 1, "--smoe-expert-count")
+    check_spreadable(8, 4)
+    check_spreadable(2, 4)
+    with pytest.raises(PlacementError, match="^6 cannot be spread over 4 ranks: the expert "
+                                             "count must be a multiple or a divisor"):
+        check_spreadable(6, 4)
+
+
+def test_a_bad_expert_count_is_refused_in_the_name_of_its_flag():
+    with pytest.raises(ValueError, match="^--smoe-expert-count must be at least 1; got 0$"):
+        placement_for("--smoe-expert-count", 0)

@@ -26,15 +26,15 @@ from fairseq.trainer import Trainer
 from helpers import make_dictionary, run_on_ranks
 
 import fairseq_smlp
-from fairseq_smlp.distributed.expert_checkpoints import SHARDS_KEY
-from fairseq_smlp.distributed.expert_placement import expert_placement
 from fairseq_smlp.consolidate_checkpoint import consolidate
-from fairseq_smlp.distributed.fully_sharded_checkpoints import joined, merge_sharded_states
-from fairseq_smlp.distributed.grad_norm import clip_grad_norm_with_experts
+from fairseq_smlp.distributed.expert_placement import expert_placement
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
 from fairseq_smlp.modules.smoe import DeterministicSMoE, PartialPredictionSMoE, SpatialExperts
+from fairseq_smlp.trainer.checkpoints import SHARDS_KEY
+from fairseq_smlp.trainer.fully_sharded_checkpoints import joined, merge_sharded_states
+from fairseq_smlp.trainer.grad_norm import clip_grad_norm_with_experts
 
 USER_DIR = fairseq_smlp.__path__[0]
 VOCAB, TOKENS_PER_SAMPLE = 40, 16
@@ -144,10 +144,9 @@ def check_ownership(arch, model, names, experts, data_parallel_group):
 def check_refusal(data_dir, rank, world_size, num_experts):
     cfg = training_config(data_dir, "smlp_deterministic_tiny", world_size, rank, num_experts,
                           ["--ddp-backend", "fully_sharded"])
-    with pytest.raises(ValueError, match=f"--ddp-backend fully_sharded cannot yet hold experts "
-                                         f"spread over ranks \\(--smoe-expert-count "
-                                         f"{num_experts} over {world_size} ranks\\) without "
-                                         f"--use-sharded-state"):
+    with pytest.raises(ValueError, match=f"--smoe-expert-count {num_experts} spread over "
+                                         f"{world_size} ranks cannot yet be held by --ddp-backend "
+                                         f"fully_sharded without --use-sharded-state"):
         build(cfg)
 
 
@@ -174,8 +173,9 @@ def gradient_cases(num_experts, generator):
 
     return {
         "tMoE": (moe_layer, torch.randn(S, D, generator=generator)),
-        "deterministic sMoE": (lambda placement: DeterministicSMoE(H, num_experts, L, placement),
-                               torch.randn(2, L, H, generator=generator)),
+        "deterministic sMoE": (
+            lambda placement: placement.place(DeterministicSMoE(H, num_experts, L, placement)),
+            torch.randn(2, L, H, generator=generator)),
         "partial sMoE": (lambda placement: PartialPredictionSMoE(H, num_experts, L, CONTEXT,
                                                                  placement),
                          torch.randn(2, L, H, generator=generator)),
@@ -217,7 +217,7 @@ def check_gradients_and_norm(rank, world_size, num_experts):
     """The expert hook under FSDP, then FSDP's averaging over the replicas, gives legacy_ddp's
     expert gradient; the norm over this rank's FSDP shards is legacy_ddp's, and so is the
     clipping."""
-    legacy = expert_placement(num_experts, "--moe-expert-count")
+    legacy = expert_placement(num_experts)
     sharded = dataclasses.replace(legacy, fully_sharded=True)  # unwrapped: no fairseq context
     replicas = legacy.num_replicas
     generator = torch.Generator().manual_seed(10 + rank)  # every rank its own batch

@@ -103,6 +103,8 @@ def test_partial_routing_depends_on_the_context_tokens_only():
 def test_bad_input_names_the_flag():
     with pytest.raises(ValueError, match="--smoe-expert-count 3 must .* divide the sMoE width 256"):
         build_model("smlp_deterministic_tiny", smoe_expert_count=3)
+    with pytest.raises(ValueError, match="--moe-expert-count must be at least 1; got 0"):
+        build_model("smlp_deterministic_tiny", moe_expert_count=0)
     with pytest.raises(ValueError, match="--prediction-fraction must lie strictly between 0 and "
                                          "1 .*got 1.2"):
         build_model("smlp_partial_tiny", prediction_fraction=1.2)
@@ -113,11 +115,11 @@ def test_bad_input_names_the_flag():
         model(torch.randint(4, 40, (1, 9)))
 
 
-def test_routing_stats_reach_the_decoder_output():
+def test_routing_stats_are_named_after_their_decoder_layer():
     model = tiny("smlp_partial_tiny").train()
     extra = model(torch.randint(4, 40, (4, T)))[1]
     stats = extra["routing_stats"]
-    assert set(stats) == {"b1.smoe.greedy_load_cv", "b1.tmoe.load_cv", "b1.tmoe.greedy_load_cv",
-                          "b1.tmoe.dropped"}
-    assert float(stats["b1.tmoe.dropped"]) == 0.0
-    assert float(stats["b1.tmoe.load_cv"]) == 0.0  # balanced in training
+    assert set(stats) == {"layer1.smoe.greedy_load_cv", "layer1.tmoe.load_cv",
+                          "layer1.tmoe.greedy_load_cv", "layer1.tmoe.dropped"}
+    assert float(stats["layer1.tmoe.dropped"]) == 0.0
+    assert float(stats["layer1.tmoe.load_cv"]) == 0.0  # balanced in training

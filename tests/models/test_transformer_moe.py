@@ -72,14 +72,18 @@ def test_causal_in_eval_mode(arch):
         assert not torch.allclose(changed[:, t], logits[:, t], atol=1e-4)
 
 
-def test_gate_losses_and_stats_reach_the_output():
+def test_gate_losses_reach_the_output():
     model = tiny("transformer_lm_gshard_tiny").train()
     extra = model(torch.randint(4, 40, (2, 16)))[1]
     assert len(extra["moe_gate_losses"]) == 2
     assert all(loss.requires_grad for loss in extra["moe_gate_losses"])
-    assert {"moe0.dropped", "moe0.load_cv", "moe0.gate_entropy", "moe1.dropped"} <= set(
-        extra["routing_stats"]
-    )
+
+
+def test_routing_stats_are_named_after_their_decoder_layer():
+    model = tiny("transformer_lm_gshard_tiny").train()  # MoE layers at layers 1 and 3 of 4
+    stats = model(torch.randint(4, 40, (2, 16)))[1]["routing_stats"]
+    assert set(stats) == {f"layer{i}.moe.{figure}" for i in (1, 3)
+                          for figure in ("dropped", "load_cv", "gate_entropy")}
 
 
 def test_hash_routing_follows_token_ids_and_survives_a_checkpoint(tmp_path):

@@ -1,0 +1,24 @@
+"""The plugin's edge with fairseq-train: every change it makes to fairseq's own training code.
+
+Experts spread over ranks (``distributed/expert_placement.py``) need fairseq-train to
+
+- save and load a checkpoint per rank, each with that rank's experts (``checkpoints.py``), and
+  merge the ``-shardR`` files of --ddp-backend fully_sharded (``fully_sharded_checkpoints.py``);
+- measure the gradient norm over shared and expert parameters alike (``grad_norm.py``);
+- keep the experts' marks on the fp32 copies of --fp16 (``mixed_precision.py``).
+
+``install`` makes these changes once, when the package is imported (``--user-dir`` imports it).
+Each keys on the ``expert_placement`` mark that a parallel placement puts on its parameters, so
+a model without one, a fairseq model or a single process, trains exactly as fairseq has it.
+``python -m fairseq_smlp.consolidate_checkpoint`` merges per-rank checkpoints for one process.
+"""
+
+from .checkpoints import install_per_rank_checkpoints
+from .grad_norm import install_expert_grad_norm
+from .mixed_precision import install_expert_fp32_copies
+
+
+def install() -> None:
+    install_per_rank_checkpoints()
+    install_expert_grad_norm()
+    install_expert_fp32_copies()
