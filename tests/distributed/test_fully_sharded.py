@@ -11,6 +11,7 @@ test_expert_parallel.py and test_data_parallel_training.py.
 
 import contextlib
 import dataclasses
+import traceback
 from unittest import mock
 
 import fairscale.nn
@@ -252,18 +253,38 @@ def check_gradients_and_norm(rank, world_size, num_experts):
                                        msg=f"{case} clipped {name}")
 
 
+def check_ownership_of_every_arch(data_dir, rank, world_size, num_experts, references):
+    group = distributed_utils.get_data_parallel_group()
+    for arch in ARCHS:
+        _, model = build(training_config(data_dir, arch, world_size, rank, num_experts,
+                                         FULLY_SHARDED))
+        check_ownership(arch, model, *references[arch, num_experts], group)
+
+
+def save_shards(data_dir, save_dir, rank, world_size, num_experts):
+    for arch in CHECKPOINTED:
+        save_shard(data_dir, save_dir / str(num_experts), arch, world_size, rank, num_experts)
+
+
 def on_rank(rank, world_size, data_dir, save_dir, references):
+    """Every behaviour for every expert count, in one spawn of the ranks (the slow part). Each
+    rank writes 'ok' or its traceback per behaviour; the first failure stops the ranks, which
+    could otherwise wait for each other in a collective forever."""
     for num_experts in EXPERT_COUNTS:
-        check_gradients_and_norm(rank, world_size, num_experts)
-        check_refusal(data_dir, rank, world_size, num_experts)
-        group = distributed_utils.get_data_parallel_group()
-        for arch in ARCHS:
-            _, model = build(training_config(data_dir, arch, world_size, rank, num_experts,
-                                             FULLY_SHARDED))
-            check_ownership(arch, model, *references[arch, num_experts], group)
-        for arch in CHECKPOINTED:
-            save_shard(data_dir, save_dir / str(num_experts), arch, world_size, rank,
-                       num_experts)
+        for behaviour, check in [
+            ("gradients", lambda: check_gradients_and_norm(rank, world_size, num_experts)),
+            ("refusal", lambda: check_refusal(data_dir, rank, world_size, num_experts)),
+            ("ownership", lambda: check_ownership_of_every_arch(
+                data_dir, rank, world_size, num_experts, references)),
+            ("shards", lambda: save_shards(data_dir, save_dir, rank, world_size, num_experts)),
+        ]:
+            outcome = save_dir / "outcomes" / f"{behaviour}-{num_experts}-rank{rank}"
+            try:
+                check()
+            except BaseException:
+                outcome.write_text(traceback.format_exc())
+                raise
+            outcome.write_text("ok")
 
 
 @pytest.fixture(scope="module")
@@ -273,14 +294,47 @@ def data_dir(tmp_path_factory):
     return directory
 
 
-def test_fully_sharded_experts(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def ranks_ran(data_dir, tmp_path_factory):
+    """The single-process reference models and the directory the 4 ranks wrote to."""
+    save_dir = tmp_path_factory.mktemp("fully_sharded")
     singles = {(arch, num_experts): build(training_config(data_dir, arch, 1, 0, num_experts,
                                                           LEGACY))[1]
                for arch in ARCHS for num_experts in EXPERT_COUNTS}
     references = {key: parameter_names(model) for key, model in singles.items()}
+    for directory in [*map(str, EXPERT_COUNTS), "outcomes"]:
+        (save_dir / directory).mkdir()
+    try:
+        run_on_ranks(on_rank, WORLD_SIZE, data_dir, save_dir, references)
+    except Exception:  # reported by the test of the behaviour that failed
+        pass
+    return singles, save_dir
+
+
+def assert_held_on_every_rank(save_dir, behaviour):
     for num_experts in EXPERT_COUNTS:
-        (tmp_path / str(num_experts)).mkdir()
-    run_on_ranks(on_rank, WORLD_SIZE, data_dir, tmp_path, references)
+        for rank in range(WORLD_SIZE):
+            outcome = save_dir / "outcomes" / f"{behaviour}-{num_experts}-rank{rank}"
+            text = (outcome.read_text() if outcome.exists()
+                    else "not reached: an earlier check failed")
+            assert text == "ok", f"{num_experts} experts, rank {rank}:\n{text}"
+
+
+def test_expert_gradients_and_the_norm_are_those_of_legacy_ddp(ranks_ran):
+    assert_held_on_every_rank(ranks_ran[1], "gradients")
+
+
+def test_spread_experts_are_refused_without_sharded_state(ranks_ran):
+    assert_held_on_every_rank(ranks_ran[1], "refusal")
+
+
+def test_every_parameter_belongs_to_its_instance_and_group(ranks_ran):
+    assert_held_on_every_rank(ranks_ran[1], "ownership")
+
+
+def test_merged_shards_are_the_model_of_one_process(ranks_ran):
+    singles, tmp_path = ranks_ran
+    assert_held_on_every_rank(tmp_path, "shards")
     for (arch, num_experts), single in singles.items():
         if arch not in CHECKPOINTED:
             continue

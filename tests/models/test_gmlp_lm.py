@@ -2,15 +2,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from fairseq.models import ARCH_MODEL_REGISTRY
 from helpers import build_model, make_dictionary, randomize_spatial_weights
 
 from fairseq_smlp.models.gmlp_lm import GmlpLanguageModel, GmlpLanguageModelConfig
-
-
-def test_registry_has_the_archs():
-    assert ARCH_MODEL_REGISTRY["gmlp_lm"] is GmlpLanguageModel
-    assert ARCH_MODEL_REGISTRY["gmlp_lm_tiny"] is GmlpLanguageModel
 
 
 def test_default_arch_is_the_paper_main_size():

@@ -1,13 +1,8 @@
 import pytest
 import torch
-from fairseq.models import ARCH_MODEL_REGISTRY
 from helpers import build_model, randomize_spatial_weights
 
-from fairseq_smlp.models.smlp import (
-    SmlpLanguageModel,
-    parse_sparse_layer_indices,
-    sparse_block_indices,
-)
+from fairseq_smlp.models.smlp import parse_sparse_layer_indices, sparse_block_indices
 from fairseq_smlp.modules.smoe import DeterministicSMoE, PartialPredictionSMoE
 from fairseq_smlp.modules.sparse_block import SparseMlpBlock
 
@@ -22,12 +17,6 @@ def tiny(arch, **overrides):
                         decoder_layers=2, sparse_layers=1, **overrides)
     randomize_spatial_weights(model)
     return model.eval()
-
-
-def test_registry_has_the_archs():
-    for arch in ["smlp_deterministic", "smlp_partial", "smlp_deterministic_tiny",
-                 "smlp_partial_tiny"]:
-        assert ARCH_MODEL_REGISTRY[arch] is SmlpLanguageModel
 
 
 def test_sparse_blocks_are_spread_evenly():

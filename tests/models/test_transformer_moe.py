@@ -4,15 +4,11 @@ import sys
 
 import pytest
 import torch
-from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+from fairseq.models import ARCH_CONFIG_REGISTRY
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from helpers import build_model
 
-from fairseq_smlp.models.transformer_moe import (
-    MoEDecoderLayer,
-    TransformerMoELanguageModel,
-    moe_layer_indices,
-)
+from fairseq_smlp.models.transformer_moe import MoEDecoderLayer, moe_layer_indices
 from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
 
 ARCHS = {
@@ -26,14 +22,6 @@ ARCHS = {
 def tiny(arch, **overrides):
     torch.manual_seed(0)
     return build_model(arch, tokens_per_sample=16, **overrides)
-
-
-def test_registry_has_paper_and_tiny_sizes():
-    for name in ["gshard", "switch", "base", "hash"]:
-        for suffix in ["", "_tiny"]:
-            assert ARCH_MODEL_REGISTRY[f"transformer_lm_{name}{suffix}"] is (
-                TransformerMoELanguageModel
-            )
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
