@@ -38,6 +38,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .grouping import group_counts, rank_in_group
+
 # Chosen by a sweep against the exact optimum (docs/design.md): fewer leave skewed problems, or
 # groups of near-identical experts, over 1% from it.
 SINKHORN_ITERATIONS = 20
@@ -46,10 +48,6 @@ PRICE_STEPS = 5
 AUCTION_ROUNDS = 6
 AUCTION_EPS = 1e-2  # bid increment, relative to the spread
 CLOSING_ROUNDS = 2
-# Bids are within a few hundred increments of each other (prices start near clearing and each
-# round raises them by at most the spread plus one increment); experts' sort keys are this far
-# apart in increments.
-BID_KEY_STRIDE = 1e9
 # Tie-breaking perturbation, relative to the spread: it can cost at most twice this per item.
 TIE_BREAK = 1e-4
 
@@ -191,21 +189,6 @@ def clearing_prices(scores: torch.Tensor, price: torch.Tensor, capacity: int) ->
     return 0.5 * (top[:, capacity - 1] + top[:, capacity])
 
 
-def rank_in_group(group: torch.Tensor, priority: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """(R, N) rank of each item inside its group (0 = highest priority), groups in [0, G].
-
-    One sort on (group, -priority) packed into a float64 key; ``priority`` must span less than
-    BID_KEY_STRIDE."""
-    key = group.double() * BID_KEY_STRIDE - priority.double()
-    order = key.argsort(dim=1)  # (R, N) items grouped, highest priority first
-    sorted_group = group.gather(1, order)
-    count = group.new_zeros(group.size(0), num_groups + 1).scatter_add_(
-        1, group, torch.ones_like(group))  # (R, G + 1)
-    start = count.cumsum(1) - count
-    sorted_rank = torch.arange(group.size(1), device=group.device) - start.gather(1, sorted_group)
-    return torch.empty_like(sorted_rank).scatter_(1, order, sorted_rank)
-
-
 def auction_round(scores, owner, bid, price, capacity: int, eps):
     """One round of the auction. scores: (R, N, E); owner, bid: (R, N), owner -1 if unplaced;
     price: (R, E); eps: (R, 1). Returns the new owner, bid and price."""
@@ -216,6 +199,8 @@ def auction_round(scores, owner, bid, price, capacity: int, eps):
     candidate = torch.where(unplaced, index.squeeze(2), owner)  # (R, N)
     candidate_bid = torch.where(unplaced, new_bid, bid)
     # Each expert keeps its C highest bids.
+    # In increments, bids lie within a few hundred of each other (prices start near clearing and
+    # a round raises them by at most the spread plus one increment): far inside KEY_STRIDE.
     rank = rank_in_group(candidate, candidate_bid / eps, num_experts)
     kept = rank < capacity
     # A full expert's price becomes the lowest bid it kept, that of rank C - 1 (the others
@@ -231,7 +216,7 @@ def closing_round(values: torch.Tensor, owner: torch.Tensor, capacity: int,
     minus price); each such expert accepts, up to its free slots, the proposals of largest margin
     over the item's next such expert. Returns the new owner."""
     num_experts = values.size(2)
-    free = capacity - placed_counts(owner, num_experts)  # (R, E)
+    free = capacity - group_counts(owner, num_experts)  # (R, E)
     best, index, second = top_two(values.masked_fill((free == 0)[:, None, :], -torch.inf))
     # A margin in [0, 1] of the spread; 1 when a single expert has room.
     margin = ((best - second).squeeze(2) / spread).nan_to_num(nan=0.0, posinf=1.0).clamp(0, 1)
@@ -241,18 +226,11 @@ def closing_round(values: torch.Tensor, owner: torch.Tensor, capacity: int,
     return torch.where(rank < room, candidate, owner)
 
 
-def placed_counts(owner: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """(R, E) items placed with each expert; owner -1 counts for none."""
-    count = owner.new_zeros(owner.size(0), num_experts + 1)
-    count.scatter_add_(1, torch.where(owner < 0, num_experts, owner), torch.ones_like(owner))
-    return count[:, :num_experts]
-
-
 def fill_free_slots(owner: torch.Tensor, capacity: int) -> torch.Tensor:
     """The unplaced items, in item order, take the free slots in expert order. Slots and items
     are equal in number, so every expert ends full."""
     num_experts = owner.size(1) // capacity
-    slot_end = (capacity - placed_counts(owner, num_experts)).cumsum(1)  # (R, E)
+    slot_end = (capacity - group_counts(owner, num_experts)).cumsum(1)  # (R, E)
     unplaced = owner < 0  # (R, N)
     arrival = unplaced.long().cumsum(1) - 1  # (R, N) rank among the unplaced
     expert = torch.searchsorted(slot_end, arrival, right=True).clamp_max(num_experts - 1)

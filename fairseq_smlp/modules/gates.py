@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .balanced_assignment import balanced_assignment
-from .expert_load import expert_counts, load_cv
+from .expert_load import load_cv
+from .grouping import group_counts
 
 SECOND_EXPERT_POLICIES = ("sampling", "all", "random")
 # BASE layers initialise the expert centroids orthogonally with this gain (fairseq BaseLayer).
@@ -35,7 +36,7 @@ def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor) -> torc
     """GShard / Switch auxiliary loss E * sum_e f_e * P_e: f_e the fraction of tokens whose first
     choice is e, P_e the mean gate probability of e. 1 when balanced."""
     num_experts = probs.size(1)
-    fraction = expert_counts(first_choice, num_experts).float() / first_choice.numel()
+    fraction = group_counts(first_choice, num_experts).float() / first_choice.numel()
     return num_experts * torch.sum(fraction * probs.mean(0))
 
 

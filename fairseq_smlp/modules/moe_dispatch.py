@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from .adjoint_gather import adjoint_gather
+from .grouping import group_counts, rank_in_group
 
 
 @dataclass
@@ -59,18 +60,16 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
         raise ValueError("the padded layout needs a capacity")
     expert = expert_index.t().reshape(-1)  # (k S,): all first choices, then second
     expert = torch.where(expert >= 0, expert, num_experts)  # withdrawn: a spare group E
-    order = expert.argsort(stable=True)  # (k S,) choices grouped by expert, in arrival order
-    count = torch.zeros(num_experts + 1, dtype=torch.long, device=expert.device)
-    count.scatter_add_(0, expert, torch.ones_like(expert))
     arrival = torch.arange(expert.numel(), device=expert.device)
-    position = torch.empty_like(expert).scatter_(
-        0, order, arrival - (count.cumsum(0) - count)[expert[order]])  # (k S,) rank at expert
+    # (k S,) rank at its expert, in arrival order
+    position = rank_in_group(expert[None], -arrival[None], num_experts)[0]
+    count = group_counts(expert, num_experts)  # (E,)
     kept = expert < num_experts
     if capacity is not None:
         kept &= position < capacity
     if packed:
         rows = expert.numel()
-        taken = count[:num_experts] if capacity is None else count[:num_experts].clamp_max(capacity)
+        taken = count if capacity is None else count.clamp_max(capacity)
         group_end = taken.cumsum(0)  # (E,)
         row = (group_end - taken)[expert.clamp_max(num_experts - 1)] + position
         group_end[-1:].fill_(rows)  # (not [-1] = rows: that copies a host value over)

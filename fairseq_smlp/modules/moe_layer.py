@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
-from .expert_load import expert_counts, load_cv
+from .expert_load import load_cv
 from .experts import packed_experts_supported
+from .grouping import group_counts
 from .moe_dispatch import combine, dispatch, route
 
 
@@ -53,7 +54,8 @@ class MoELayer(nn.Module):
         else:
             capacity = routing.capacity
             if capacity is None:  # the largest load: read back to size the padded buffer
-                capacity = max(1, int(expert_counts(routing.expert_index, self.num_experts).max()))
+                load = group_counts(routing.expert_index.reshape(-1), self.num_experts)
+                capacity = max(1, int(load.max()))
             capacity, = group_max([capacity], self.placement, tokens.device)
             routes = route(routing.expert_index, self.num_experts, capacity)
             expert_output = run_experts(dispatch(tokens, routes), self.experts, self.placement)
