@@ -94,9 +94,9 @@ def test_training_loss_goes_down(trained):
     assert len(losses) == 4, log[-2000:]
     assert losses[-1] < losses[0] - 0.5, (arch, losses)
     if arch.startswith("smlp"):
-        assert "b1.tmoe.load_cv=" in log and "b1.tmoe.greedy_load_cv=" in log
+        assert "layer1.tmoe.load_cv=" in log and "layer1.tmoe.greedy_load_cv=" in log
     if arch.startswith("transformer"):
-        assert "moe0.load_cv=" in log and "moe0.dropped=" in log
+        assert "layer1.moe.load_cv=" in log and "layer1.moe.dropped=" in log
 
 
 def test_trained_model_beats_the_uniform_distribution(data_dir, trained):
