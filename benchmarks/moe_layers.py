@@ -10,7 +10,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from spatial_mixers import DenseFeedForward, time_forward_backward
+from spatial_mixers import DenseFeedForward, time_side_by_side
 
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
@@ -35,29 +35,28 @@ def main():
     x = torch.randn(1, args.tokens, dim, device=device, dtype=dtype, requires_grad=True)
     token_ids = torch.randint(VOCAB, (1, args.tokens), device=device)
 
-    def measure(module):
-        return time_forward_backward(module.to(device=device, dtype=dtype), x, args.repeats)
-
     def moe(gate):
         layer = MoELayer(gate, BatchedFeedForwardExperts(experts, dim, ffn, F.relu), experts)
         layer.token_ids = token_ids
         return layer
 
-    print(f"device {device}, {args.dtype}, {args.tokens} tokens, d_model {dim}, d_ffn {ffn}, "
-          f"{experts} experts, forward+backward, fastest of {args.repeats}")
-    print(f"{'layer':<26}{'ms':>10}{'x dense':>10}")
-    dense = {1: measure(DenseFeedForward(dim, ffn)), 2: measure(DenseFeedForward(dim, 2 * ffn))}
-    print(f"{'dense FFN':<26}{dense[1] * 1e3:>10.2f}{1.0:>10.2f}")
-    print(f"{'dense FFN, twice as wide':<26}{dense[2] * 1e3:>10.2f}{1.0:>10.2f}")
-    for name, gate, k in [
-        ("top-2 (GShard)", TopKGate(dim, experts, 2, 1.0, "all"), 2),
-        ("top-1 (Switch)", TopKGate(dim, experts, 1, 1.0), 1),
-        ("balanced (BASE)", BalancedGate(dim, experts), 1),
-        ("hash", HashGate(VOCAB, experts, seed=1), 1),
-    ]:
-        seconds = measure(moe(gate))
-        print(f"{name:<26}{seconds * 1e3:>10.2f}{seconds / dense[k]:>10.2f}")
+    layers = {  # name -> (module, its dense counterpart)
+        "dense FFN": (DenseFeedForward(dim, ffn), "dense FFN"),
+        "dense FFN, twice as wide": (DenseFeedForward(dim, 2 * ffn), "dense FFN, twice as wide"),
+        "top-2 (GShard)": (moe(TopKGate(dim, experts, 2, 1.0, "all")), "dense FFN, twice as wide"),
+        "top-1 (Switch)": (moe(TopKGate(dim, experts, 1, 1.0)), "dense FFN"),
+        "balanced (BASE)": (moe(BalancedGate(dim, experts)), "dense FFN"),
+        "hash": (moe(HashGate(VOCAB, experts, seed=1)), "dense FFN"),
+    }
+    seconds = time_side_by_side(
+        {name: (module.to(device=device, dtype=dtype), x) for name, (module, _) in layers.items()},
+        args.repeats)
 
+    print(f"device {device}, {args.dtype}, {args.tokens} tokens, d_model {dim}, d_ffn {ffn}, "
+          f"{experts} experts, forward+backward, fastest of {args.repeats}, side by side")
+    print(f"{'layer':<26}{'ms':>10}{'x dense':>10}")
+    for name, (_, dense) in layers.items():
+        print(f"{name:<26}{seconds[name] * 1e3:>10.2f}{seconds[name] / seconds[dense]:>10.2f}")
 
 if __name__ == "__main__":
     main()

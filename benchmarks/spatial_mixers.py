@@ -8,6 +8,7 @@ Target (deterministic sMoE): within 1.2x of the dense projection at any expert c
 
 import argparse
 import time
+from typing import Dict, Tuple
 
 import torch
 from torch import nn
@@ -19,26 +20,30 @@ from fairseq_smlp.modules.tmoe import TokenMoE
 from fairseq_smlp.partial_prediction import DEFAULT_PREDICTION_FRACTION, context_length
 
 
-def time_forward_backward(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` forward + backward passes: on a shared machine the
-    slower runs measure the neighbours, which moved medians by 20-30% between runs here."""
+def time_side_by_side(cases: Dict[str, Tuple[nn.Module, torch.Tensor]],
+                      repeats: int) -> Dict[str, float]:
+    """Seconds of one forward + backward pass of each (module, input), the fastest of ``repeats``.
+    The cases take turns, one pass each per round, so that a slow spell of a shared machine (which
+    moved one module's median by 20-30% between runs here) falls on all of them alike."""
 
-    def step():
+    def step(module, x):
         module.zero_grad(set_to_none=True)
         module(x).float().square().mean().backward()
 
-    for _ in range(3):
-        step()
-    times = []
+    for module, x in cases.values():
+        for _ in range(3):
+            step(module, x)
+    best = {name: float("inf") for name in cases}
     for _ in range(repeats):
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, (module, x) in cases.items():
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(module, x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 class DenseFeedForward(nn.Module):
@@ -68,34 +73,31 @@ def main():
     length = args.length
     context = context_length(length, DEFAULT_PREDICTION_FRACTION)
 
-    def measure(module, width):
-        module = module.to(device=device, dtype=dtype)
+    def case(module, width):
         x = torch.randn(args.batch, length, width, device=device, dtype=dtype, requires_grad=True)
-        return time_forward_backward(module, x, args.repeats)
-
-    print(f"device {device}, {args.dtype}, batch {args.batch}, length {length}, "
-          f"width {args.width}, forward+backward, fastest of {args.repeats}")
-    print(f"{'module':<34}{'ms':>10}{'x dense':>10}")
-    dense = measure(CausalSpatialProjection(1, length), args.width)
-    print(f"{'dense SGU projection':<34}{dense * 1e3:>10.2f}{1.0:>10.2f}")
-    for experts in args.experts:
-        for name, module in [
-            ("deterministic sMoE", DeterministicSMoE(args.width, experts, length)),
-            ("partial sMoE", PartialPredictionSMoE(args.width, experts, length, context)),
-        ]:
-            seconds = measure(module, args.width)
-            print(f"{f'{name} E={experts}':<34}{seconds * 1e3:>10.2f}{seconds / dense:>10.2f}")
+        return module.to(device=device, dtype=dtype), x
 
     ffn_dim = 2 * args.width
-    dense_ffn = measure(DenseFeedForward(args.embed_dim, ffn_dim), args.embed_dim)
-    print(f"{'dense FFN':<34}{dense_ffn * 1e3:>10.2f}{1.0:>10.2f}")
+    cases = {"dense SGU projection": case(CausalSpatialProjection(1, length), args.width)}
+    for experts in args.experts:
+        cases[f"deterministic sMoE E={experts}"] = case(
+            DeterministicSMoE(args.width, experts, length), args.width)
+        cases[f"partial sMoE E={experts}"] = case(
+            PartialPredictionSMoE(args.width, experts, length, context), args.width)
+    cases["dense FFN"] = case(DenseFeedForward(args.embed_dim, ffn_dim), args.embed_dim)
     for experts in args.experts:
         for mode in ["train", "eval"]:
             module = TokenMoE(args.embed_dim, ffn_dim, experts).train(mode == "train")
-            seconds = measure(module, args.embed_dim)
-            label = f"tMoE E={experts} ({mode})"
-            print(f"{label:<34}{seconds * 1e3:>10.2f}{seconds / dense_ffn:>10.2f}")
+            cases[f"tMoE E={experts} ({mode})"] = case(module, args.embed_dim)
+    seconds = time_side_by_side(cases, args.repeats)
 
+    print(f"device {device}, {args.dtype}, batch {args.batch}, length {length}, "
+          f"width {args.width}, forward+backward, fastest of {args.repeats}, side by side")
+    print(f"{'module':<34}{'ms':>10}{'x dense':>10}")
+    for name, value in seconds.items():
+        dense = seconds["dense FFN" if name.startswith(("dense FFN", "tMoE")) else
+                        "dense SGU projection"]
+        print(f"{name:<34}{value * 1e3:>10.2f}{value / dense:>10.2f}")
 
 if __name__ == "__main__":
     main()
