@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import fairseq_smlp
-from fairseq_smlp.trainer.fully_sharded_checkpoints import consolidate_sharded
+from fairseq_smlp.consolidate_checkpoint import consolidate
 
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
 ARCHS = ["smlp_deterministic_tiny", "transformer_lm_switch_tiny"]
@@ -126,8 +126,7 @@ def check_arch(data, arch, gpus, experts, updates, work):
 
     save_dir = work / arch / "fully_sharded"
     merged = save_dir / "merged.pt"
-    consolidate_sharded([save_dir / f"checkpoint_last-shard{rank}.pt" for rank in range(gpus)],
-                        merged)
+    consolidate(save_dir / "checkpoint_last.pt", merged)
     validated = run([sys.executable, "-m", "fairseq_cli.validate", data, "--user-dir", USER_DIR,
                      "--path", str(merged), "--task", "language_modeling", "--tokens-per-sample",
                      TOKENS_PER_SAMPLE, "--batch-size", BATCH_SIZE, "--num-workers", "0"])

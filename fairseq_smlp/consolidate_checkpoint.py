@@ -4,7 +4,8 @@ single process (fairseq-eval-lm) or to fine-tune on another number of ranks.
     python -m fairseq_smlp.consolidate_checkpoint checkpoints/run/checkpoint_best.pt
 
 reads checkpoints/run/checkpoint_best-rank-*.pt and writes checkpoints/run/checkpoint_best.pt
-(or --output). A --ddp-backend fully_sharded run writes checkpoint_best-shard*.pt instead; their
+(or --output; an existing file only with --force). Rank files of different updates, the trace
+of a save that some ranks did not finish, are refused. A --ddp-backend fully_sharded run writes checkpoint_best-shard*.pt instead; their
 merge needs an --output of another name, since fairseq-eval-lm reads NAME-shard0.pt in place of
 NAME.pt when both exist. The optimizer state is left out: it was laid out per rank.
 """
@@ -19,7 +20,7 @@ import torch
 from fairseq import checkpoint_utils
 
 from .trainer.checkpoints import SHARDS_KEY
-from .trainer.fully_sharded_checkpoints import consolidate_sharded
+from .trainer.fully_sharded_checkpoints import merge_sharded_checkpoints
 
 RANK_MARKER, FSDP_SHARD_MARKER = "-rank-", "-shard"
 
@@ -55,23 +56,44 @@ def merge_model_states(states: List[Dict]) -> Dict:
     return merged
 
 
-def consolidate(path: Path, output: Path) -> int:
-    if any(path.parent.glob(f"{path.stem}{FSDP_SHARD_MARKER}*.pt")):
-        if output == path:
-            raise ValueError(
-                f"fairseq-eval-lm reads {path.stem}{FSDP_SHARD_MARKER}0.pt in place of "
-                f"{path.name}: give the merged file another name with --output"
-            )
-        files = rank_files(path, FSDP_SHARD_MARKER)
-        consolidate_sharded(files, output)
-        return len(files)
-    files = rank_files(path)
+def updates(checkpoints: List[Dict]) -> List[int]:
+    """The update each checkpoint was saved at (fairseq's optimizer history)."""
+    return [c["optimizer_history"][-1]["num_updates"] for c in checkpoints]
+
+
+def check_same_update(files: List[Path], checkpoints: List[Dict]) -> None:
+    saved_at = updates(checkpoints)
+    if len(set(saved_at)) > 1:
+        listed = ", ".join(f"{f.name} at update {n}" for f, n in zip(files, saved_at))
+        raise ValueError(
+            f"the rank files were saved at different updates ({listed}): a save did not finish "
+            f"on every rank. Merge a set all ranks wrote (checkpoint_best, or an epoch's "
+            f"checkpoint_E_N), or resume the run so that every rank saves again"
+        )
+
+
+def consolidate(path: Path, output: Path, force: bool = False) -> int:
+    """Merge the rank files (or -shardR files) of ``path`` into ``output``; the file count."""
+    if output.exists() and not force:
+        raise ValueError(f"{output} exists: add --force to overwrite it, or choose --output")
+    sharded = any(path.parent.glob(f"{path.stem}{FSDP_SHARD_MARKER}*.pt"))
+    if sharded and output == path:
+        raise ValueError(
+            f"fairseq-eval-lm reads {path.stem}{FSDP_SHARD_MARKER}0.pt in place of "
+            f"{path.name}: give the merged file another name with --output"
+        )
+    files = rank_files(path, FSDP_SHARD_MARKER if sharded else RANK_MARKER)
     # As fairseq wrote them (fairseq's own loader would turn the config into objects that
-    # torch.load's default weights_only mode then refuses).
+    # torch.load's default weights_only mode then refuses). This runs code the files hold:
+    # merge only checkpoints you trust.
     checkpoints = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
-    merged = checkpoints[0]
-    merged["model"] = merge_model_states([c["model"] for c in checkpoints])
-    merged.pop("last_optimizer_state", None)
+    check_same_update(files, checkpoints)
+    if sharded:
+        merged = merge_sharded_checkpoints(checkpoints)
+    else:
+        merged = checkpoints[0]
+        merged["model"] = merge_model_states([c["model"] for c in checkpoints])
+        merged.pop("last_optimizer_state", None)
     checkpoint_utils.torch_persistent_save(merged, str(output))
     return len(files)
 
@@ -81,9 +103,10 @@ def main(argv=None) -> None:
     parser.add_argument("checkpoint", type=Path,
                         help="the checkpoint's name without -rank-<R>, e.g. .../checkpoint_best.pt")
     parser.add_argument("--output", type=Path, help="where to write (default: CHECKPOINT)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
     args = parser.parse_args(argv)
     try:
-        count = consolidate(args.checkpoint, args.output or args.checkpoint)
+        count = consolidate(args.checkpoint, args.output or args.checkpoint, args.force)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"consolidate_checkpoint: {error}")
     print(f"merged {count} rank files into {args.output or args.checkpoint}")

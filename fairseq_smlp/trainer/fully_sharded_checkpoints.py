@@ -9,11 +9,9 @@ and group ranks 0..G-1 hold consecutive experts. fairscale's own ``consolidate_s
 treats every instance as split over all ranks, which would mix different ranks' experts.
 """
 
-from pathlib import Path
 from typing import Dict, List
 
 import torch
-from fairseq import checkpoint_utils
 
 from .checkpoints import SHARDS_KEY
 
@@ -22,17 +20,14 @@ from .checkpoints import SHARDS_KEY
 PER_RANK_ENTRIES = ["fsdp_metadata", SHARDS_KEY, "last_optimizer_state"]
 
 
-def consolidate_sharded(files: List[Path], output: Path) -> None:
-    """Write the merged model of the -shardR ``files`` (ranks 0..W-1 in order) as one checkpoint
-    that a single process loads (fairseq-eval-lm --path). fairseq loads ``NAME-shard0.pt``
-    instead of ``NAME.pt`` when both exist, so ``output`` needs a name of its own."""
-    # weights_only=False: fairseq's checkpoints hold its config and optimizer history too.
-    checkpoints = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
+def merge_sharded_checkpoints(checkpoints: List[Dict]) -> Dict:
+    """The -shardR checkpoints of ranks 0..W-1, in order, as one checkpoint that a single
+    process loads (fairseq-eval-lm --path)."""
     merged = checkpoints[0]
     merged["model"] = merge_sharded_states(checkpoints)
     for key in PER_RANK_ENTRIES:
         merged.pop(key, None)
-    checkpoint_utils.torch_persistent_save(merged, str(output))
+    return merged
 
 
 def merge_sharded_states(checkpoints: List[Dict]) -> Dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ single process evaluates to the same validation loss, and a dead rank that stops
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import fairseq_smlp
 
@@ -126,3 +128,41 @@ def test_a_dead_rank_stops_the_run(data_dir, tmp_path):
     assert time.monotonic() - killed < 60
     assert rank_process(save_dir, 0) is None  # rank 0 did not stay behind
     assert re.search(r"rank\s*:\s*1", log.read_text()), log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def rank_files(data_dir, tmp_path_factory):
+    """checkpoint_last-rank-{0,1}.pt of a real 2-rank run, 3 updates."""
+    save_dir = tmp_path_factory.mktemp("two_ranks")
+    two_ranks(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 3))
+    return save_dir
+
+
+def consolidate_cli(*args):
+    return run([sys.executable, "-m", "fairseq_smlp.consolidate_checkpoint", *map(str, args)],
+               check=False)
+
+
+def test_consolidation_refuses_rank_files_of_different_updates(rank_files, tmp_path):
+    """As after a save that rank 1 did not finish: its file is a step behind rank 0's."""
+    for path in rank_files.glob("checkpoint_last-rank-*.pt"):
+        shutil.copy(path, tmp_path)
+    stale = tmp_path / "checkpoint_last-rank-1.pt"
+    state = torch.load(stale, weights_only=False)
+    state["optimizer_history"][-1]["num_updates"] = 2
+    torch.save(state, stale)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    output = consolidate_cli(tmp_path / "checkpoint_last.pt")
+    assert ("saved at different updates (checkpoint_last-rank-0.pt at update 3, "
+            "checkpoint_last-rank-1.pt at update 2)") in output, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_consolidation_overwrites_only_with_force(rank_files, tmp_path):
+    merged = tmp_path / "merged.pt"
+    merged.write_bytes(b"an earlier merge")
+    output = consolidate_cli(rank_files / "checkpoint_last.pt", "--output", merged)
+    assert f"{merged} exists: add --force to overwrite it" in output, output
+    assert merged.read_bytes() == b"an earlier merge"
+    consolidate_cli(rank_files / "checkpoint_last.pt", "--output", merged, "--force")
+    assert torch.load(merged, weights_only=False)["optimizer_history"][-1]["num_updates"] == 3
