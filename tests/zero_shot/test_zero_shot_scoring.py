@@ -1,6 +1,7 @@
 """Placement, batched scoring and accuracy, checked against log-likelihoods gathered by hand from
 the model and against rigged language models whose right answers are known."""
 
+import math
 import random
 from pathlib import Path
 
@@ -210,3 +211,46 @@ def test_truncated_contexts_and_unscored_continuations_are_counted(encoder):
 def test_ties_go_to_the_first_candidate():
     assert best([1.0, 3.0, 3.0]) == 1
     assert best([-2.0, -1.0]) == 1
+
+
+class UnigramLM(torch.nn.Module):
+    """Every position predicts token v with probability ``probs[v]``, whatever came before."""
+
+    def __init__(self, probs: torch.Tensor):
+        super().__init__()
+        self.log_probs = probs.log()
+
+    def forward(self, tokens):
+        return self.log_probs.expand(*tokens.shape, -1), {}
+
+    def get_normalized_probs(self, net_output, log_probs: bool):
+        return torch.log_softmax(net_output[0], dim=-1)
+
+    def max_positions(self) -> int:
+        return 64
+
+
+class IdEncoder:
+    """Candidates whose texts are token ids separated by spaces."""
+
+    dictionary = Dictionary()
+
+    def encode_candidate(self, candidate):
+        return ([int(t) for t in candidate.context.split()],
+                [int(t) for t in candidate.continuation.split()])
+
+
+def test_per_token_rule_divides_by_the_continuation_tokens():
+    """Hand computation: log p(4) = -1.0, log p(5) = -0.8. One token of 4 sums to -1.0, three of 5
+    to -2.4: the raw sum prefers the first, the mean per token (-1.0 against -0.8) the second. A
+    divisor one larger (-0.5 against -0.6) would prefer the first again."""
+    probs = torch.full((8,), 0.0)
+    probs[4], probs[5] = math.exp(-1.0), math.exp(-0.8)
+    probs[[0, 2, 3, 6, 7]] = (1 - probs.sum()) / 5
+    example = Example((Candidate("3", "4"), Candidate("3", "5 5 5")), frozenset({1}), "hand:1")
+    (scores,), _ = score_examples([example], IdEncoder(), UnigramLM(probs), 2, CPU)
+    assert [s.tokens for s in scores] == [1, 3]
+    assert [s.log_likelihood for s in scores] == pytest.approx([-1.0, -2.4], abs=1e-5)
+    assert [s.per_token for s in scores] == pytest.approx([-1.0, -0.8], abs=1e-5)
+    result = evaluate("hand", [example], IdEncoder(), UnigramLM(probs), 2, CPU)
+    assert (result.correct_raw, result.correct_per_token) == (0, 1)
