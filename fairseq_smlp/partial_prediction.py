@@ -35,6 +35,16 @@ def context_length(tokens_per_sample: int, fraction: float) -> int:
     return tokens_per_sample - scored
 
 
+def fraction_for_context(tokens_per_sample: int, context: int) -> float:
+    """The --prediction-fraction of fewest decimals that leaves ``context`` context positions of
+    ``tokens_per_sample``."""
+    middle = (tokens_per_sample - context + 0.5) / tokens_per_sample
+    for digits in range(1, 7):
+        if context_length(tokens_per_sample, round(middle, digits)) == context:
+            return round(middle, digits)
+    return middle
+
+
 def mask_context(target: torch.Tensor, context: int, pad: int) -> torch.Tensor:
     """A copy of the (B, L) ``target`` with the context positions set to ``pad``."""
     target = target.clone()

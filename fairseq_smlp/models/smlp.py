@@ -17,7 +17,8 @@ from torch import nn
 from ..modules.smoe import DeterministicSMoE, PartialPredictionSMoE
 from ..modules.sparse_block import SparseMlpBlock
 from ..modules.tmoe import TokenMoE
-from ..partial_prediction import context_length
+from ..partial_prediction import context_length, fraction_for_context
+from ..trainer.checkpoints import state_key
 from .expert_flags import check_smoe_width, placement_for
 from .gmlp_lm import GmlpLanguageModel, GmlpLanguageModelConfig, dense_block, gmlp_lm_tiny
 
@@ -131,6 +132,39 @@ class SmlpLanguageModel(GmlpLanguageModel):
             tmoe = TokenMoE(*dims, args.moe_expert_count, tmoe_placement)
             blocks.append(SparseMlpBlock(*dims, smoe, tmoe, args.dropout))
         return blocks
+
+    @classmethod
+    def build_model(cls, args, task):
+        model = super().build_model(args, task)
+        # The task's, for the message of check_routing_context.
+        model.prediction_fraction = safe_getattr(getattr(task, "args", None),
+                                                 "prediction_fraction", None)
+        return model
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        check_routing_context(self, state_dict)
+        return super().load_state_dict(state_dict, strict, model_cfg, args)
+
+
+def check_routing_context(model: nn.Module, state_dict) -> None:
+    """A partial-prediction router is a (P x E) map over the first P positions: a checkpoint
+    trained with another --prediction-fraction has other P, which would reach the user as a raw
+    size mismatch."""
+    for name, module in model.named_modules():
+        saved = state_dict.get(f"{state_key(name)}.router.weight")
+        if not isinstance(module, PartialPredictionSMoE) or saved is None:
+            continue
+        trained, wanted = saved.size(1), module.context_positions
+        if trained != wanted:
+            length = module.experts.max_positions
+            raise ValueError(
+                f"this checkpoint's partial-prediction routers read the first {trained} "
+                f"positions of each {length}-token block (--prediction-fraction "
+                f"{fraction_for_context(length, trained)} in training), but this task's "
+                f"--prediction-fraction {getattr(model, 'prediction_fraction', None)} leaves "
+                f"{wanted}: evaluate with --prediction-fraction "
+                f"{fraction_for_context(length, trained)}"
+            )
 
 
 @register_model_architecture("smlp", "smlp_deterministic")

@@ -112,3 +112,18 @@ def test_routing_stats_are_named_after_their_decoder_layer():
                           "layer1.tmoe.greedy_load_cv", "layer1.tmoe.dropped"}
     assert float(stats["layer1.tmoe.dropped"]) == 0.0
     assert float(stats["layer1.tmoe.load_cv"]) == 0.0  # balanced in training
+
+
+def test_a_checkpoint_of_another_prediction_fraction_names_both():
+    trained = build_model("smlp_partial_tiny", tokens_per_sample=T, prediction_fraction=0.8,
+                          decoder_layers=2, sparse_layers=1)  # routers read 4 of 20 positions
+    other = build_model("smlp_partial_tiny", tokens_per_sample=T, prediction_fraction=0.5,
+                        decoder_layers=2, sparse_layers=1)
+    with pytest.raises(ValueError, match="routers read the first 4 positions of each 20-token "
+                                         "block \\(--prediction-fraction 0.8 in training\\), but "
+                                         "this task's --prediction-fraction 0.5 leaves 10: "
+                                         "evaluate with --prediction-fraction 0.8"):
+        other.load_state_dict(trained.state_dict())
+    other = build_model("smlp_partial_tiny", tokens_per_sample=T, prediction_fraction=0.82,
+                        decoder_layers=2, sparse_layers=1)  # 4 context positions too
+    other.load_state_dict(trained.state_dict())
