@@ -19,10 +19,19 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-python -m fairseq_smlp.data.prepare --dest "$dest" "${args[@]}"
-rm -rf "$dest/bin"
+# Everything is built in a scratch directory beside DIR and moved into DIR only once every step
+# has succeeded: a failed run leaves an earlier DIR as it was.
+mkdir -p "$(dirname "$dest")"
+work=$(mktemp -d "$(dirname "$dest")/.prepare.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+python -m fairseq_smlp.data.prepare --dest "$work" "${args[@]}"
 fairseq-preprocess --only-source \
-  --trainpref "$dest/encoded/train.txt" \
-  --validpref "$dest/encoded/valid.txt" \
-  --testpref "$dest/encoded/test.txt" \
-  --destdir "$dest/bin" --workers 2
+  --trainpref "$work/encoded/train.txt" \
+  --validpref "$work/encoded/valid.txt" \
+  --testpref "$work/encoded/test.txt" \
+  --destdir "$work/bin" --workers 2
+mkdir -p "$dest"
+for entry in raw encoded spm.model spm.vocab bin; do
+  rm -rf "${dest:?}/$entry"
+  mv "$work/$entry" "$dest/$entry"
+done

@@ -45,6 +45,27 @@ def sotu_documents() -> List[Document]:
     return documents
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; a byte that is not UTF-8 is an error naming its file:line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(
+            f"{path}:{line}: byte 0x{raw[error.start]:02x} at column {column} is not UTF-8; "
+            f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def check_splits(splits: Dict[str, List[Document]], source: str) -> None:
+    """Every split must hold some text to train, validate or test on."""
+    for split, documents in splits.items():
+        if not any(paragraphs(text) for _, text in documents):
+            raise ValueError(f"{source}: the {split} split holds no text")
+
+
 def text_dir_documents(text_dir: Path) -> List[Document]:
     """Every ``*.txt`` file of ``text_dir`` (sorted by name) is one document."""
     if not text_dir.is_dir():
@@ -52,7 +73,7 @@ def text_dir_documents(text_dir: Path) -> List[Document]:
     files = sorted(text_dir.glob("*.txt"))
     if not files:
         raise FileNotFoundError(f"--text-dir {text_dir}: holds no *.txt files")
-    return [(path.stem, path.read_text(encoding="utf-8")) for path in files]
+    return [(path.stem, read_text(path)) for path in files]
 
 
 def split_documents(documents: List[Document]) -> Dict[str, List[Document]]:

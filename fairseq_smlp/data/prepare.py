@@ -6,6 +6,8 @@ Used by examples/prepare_data.sh; run ``python -m fairseq_smlp.data.prepare --he
 
 import argparse
 import logging
+import re
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -14,7 +16,9 @@ import sentencepiece as spm
 from .documents import (
     SPLIT_FILES,
     Document,
+    check_splits,
     paragraphs,
+    read_text,
     sotu_documents,
     split_documents,
     text_dir_documents,
@@ -25,14 +29,15 @@ logger = logging.getLogger("fairseq_smlp.data.prepare")
 
 def load_splits(text_dir: Path, max_documents: int) -> Dict[str, List[Document]]:
     if text_dir is not None and all((text_dir / name).is_file() for name in SPLIT_FILES):
-        return {
-            name[: -len(".txt")]: [(name, (text_dir / name).read_text(encoding="utf-8"))]
-            for name in SPLIT_FILES
-        }
-    documents = sotu_documents() if text_dir is None else text_dir_documents(text_dir)
-    if max_documents > 0:
-        documents = documents[:max_documents]
-    return split_documents(documents)
+        splits = {name[: -len(".txt")]: [(name, read_text(text_dir / name))]
+                  for name in SPLIT_FILES}
+    else:
+        documents = sotu_documents() if text_dir is None else text_dir_documents(text_dir)
+        if max_documents > 0:
+            documents = documents[:max_documents]
+        splits = split_documents(documents)
+    check_splits(splits, f"--text-dir {text_dir}" if text_dir else "the bundled corpus")
+    return splits
 
 
 def write_raw(documents: List[Document], path: Path) -> None:
@@ -46,15 +51,25 @@ def write_raw(documents: List[Document], path: Path) -> None:
 
 
 def train_sentencepiece(train_file: Path, model_prefix: Path, vocab_size: int) -> None:
-    spm.SentencePieceTrainer.train(
-        input=str(train_file),
-        model_prefix=str(model_prefix),
-        vocab_size=vocab_size,
-        character_coverage=1.0,
-        max_sentence_length=1 << 16,  # transcripts hold paragraphs of several thousand bytes
-        num_threads=2,
-        minloglevel=2,
-    )
+    # sentencepiece refuses, for one, a vocabulary larger than a small train split can give
+    # ("Vocabulary size is too high (4096). Please set it to a value <= 301.").
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(train_file),
+            model_prefix=str(model_prefix),
+            vocab_size=vocab_size,
+            character_coverage=1.0,
+            max_sentence_length=1 << 16,  # transcripts hold paragraphs of several thousand bytes
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as error:
+        limit = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)",
+                          str(error))
+        reason = (f"it gives at most {limit.group(1)} pieces: use --vocab-size {limit.group(1)} "
+                  f"or less, or more training text" if limit else str(error).strip())
+        raise ValueError(f"sentencepiece could not train a --vocab-size {vocab_size} "
+                         f"vocabulary on the train split: {reason}") from None
 
 
 def encode(processor: spm.SentencePieceProcessor, source: Path, target: Path) -> int:
@@ -95,6 +110,13 @@ def main(argv=None) -> None:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO)
     args = parse_args(argv)
+    try:
+        prepare(args)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"prepare_data: {error}")
+
+
+def prepare(args: argparse.Namespace) -> None:
     splits = load_splits(args.text_dir, args.max_documents)
     raw_dir, encoded_dir = args.dest / "raw", args.dest / "encoded"
     raw_dir.mkdir(parents=True, exist_ok=True)
