@@ -7,18 +7,23 @@ Experts spread over ranks (``distributed/expert_placement.py``) need fairseq-tra
 - measure the gradient norm over shared and expert parameters alike (``grad_norm.py``);
 - keep the experts' marks on the fp32 copies of --fp16 (``mixed_precision.py``).
 
+And fairseq's own datasets need ``numpy.compat`` back under NumPy 2 (``numpy_compat.py``).
+
 ``install`` makes these changes once, when the package is imported (``--user-dir`` imports it).
-Each keys on the ``expert_placement`` mark that a parallel placement puts on its parameters, so
-a model without one, a fairseq model or a single process, trains exactly as fairseq has it.
-``python -m fairseq_smlp.consolidate_checkpoint`` merges per-rank checkpoints for one process.
+Each expert change keys on the ``expert_placement`` mark that a parallel placement puts on its
+parameters, so a model without one, a fairseq model or a single process, trains exactly as
+fairseq has it. ``python -m fairseq_smlp.consolidate_checkpoint`` merges per-rank checkpoints
+for one process.
 """
 
 from .checkpoints import install_per_rank_checkpoints
 from .grad_norm import install_expert_grad_norm
 from .mixed_precision import install_expert_fp32_copies
+from .numpy_compat import install_numpy_compat
 
 
 def install() -> None:
     install_per_rank_checkpoints()
     install_expert_grad_norm()
     install_expert_fp32_copies()
+    install_numpy_compat()
