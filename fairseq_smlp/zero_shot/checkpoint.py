@@ -41,9 +41,22 @@ def load_checkpoint(path: Path, data_dir: Optional[Path] = None
     if not (data_dir / "dict.txt").is_file():
         raise FileNotFoundError(f"no dict.txt in {data_dir}, the binarized data directory of "
                                 f"the checkpoint: give the one it was trained on with --data-dir")
+    check_dictionary_size(state, data_dir / "dict.txt")
     overwrite_args_by_name(state["cfg"], {"data": str(data_dir)})
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], state=state)
     return models[0], task.source_dictionary, data_dir
+
+
+def check_dictionary_size(state, dict_file: Path) -> None:
+    """The token embedding has a row per entry of the dictionary the model was trained with."""
+    embedding = state["model"].get("decoder.embed_tokens.weight")
+    entries = len(Dictionary.load(str(dict_file)))
+    if embedding is not None and embedding.size(0) != entries:
+        raise ValueError(
+            f"{dict_file} has {entries} entries but the checkpoint was trained with a dictionary "
+            f"of {embedding.size(0)}: give the binarized data directory it was trained on with "
+            f"--data-dir"
+        )
 
 
 def default_spm_model(data_dir: Path) -> Path:

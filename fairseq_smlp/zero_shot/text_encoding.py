@@ -24,7 +24,9 @@ class TextEncoder:
 
     @classmethod
     def from_file(cls, spm_model: Path, dictionary: Dictionary) -> "TextEncoder":
-        return cls(spm.SentencePieceProcessor(model_file=str(spm_model)), dictionary)
+        processor = spm.SentencePieceProcessor(model_file=str(spm_model))
+        check_pieces(processor, dictionary, spm_model)
+        return cls(processor, dictionary)
 
     def encode(self, text: str) -> List[int]:
         ids = []
@@ -51,3 +53,19 @@ class TextEncoder:
         while shared < min(len(whole), len(context)) and whole[shared] == context[shared]:
             shared += 1
         return [self.dictionary.eos()] + whole[:shared], whole[shared:]
+
+
+def check_pieces(processor: spm.SentencePieceProcessor, dictionary: Dictionary,
+                 spm_model: Path) -> None:
+    """The dictionary's entries are pieces of the sentencepiece model that encoded the training
+    data (fairseq-preprocess counted them in its output); a model of another corpus or size
+    would turn much of a prompt into <unk> and still print an accuracy."""
+    symbols = [s for s in dictionary.symbols[dictionary.nspecial:]
+               if not s.startswith("madeupword")]  # fairseq's padding of the dictionary
+    foreign = [s for s in symbols if processor.piece_to_id(s) == processor.unk_id()]
+    if foreign:
+        raise ValueError(
+            f"{spm_model} is not the sentencepiece model of this dictionary: {len(foreign)} of "
+            f"its {len(symbols)} entries ({', '.join(foreign[:3])}, ...) are not pieces of it; "
+            f"give the model the training data was encoded with by --spm-model"
+        )

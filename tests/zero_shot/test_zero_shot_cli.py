@@ -120,3 +120,25 @@ def test_command_names_a_data_directory_without_a_dictionary(checkpoint, tmp_pat
               "--data-dir", str(tmp_path), "--no-progress-bar"])
     assert f"no dict.txt in {tmp_path}" in str(error.value.code)
     assert "--data-dir" in str(error.value.code)
+
+
+def test_command_refuses_a_sentencepiece_model_of_another_corpus(checkpoint, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("zebra quokka yak\nxylophone vortex\n" * 50)
+    spm.SentencePieceTrainer.train(input=str(other), model_prefix=str(tmp_path / "other"),
+                                   vocab_size=22, minloglevel=2)
+    with pytest.raises(SystemExit) as error:
+        main(["--task", "copa", "--path", str(checkpoint), "--data", str(DATA / "copa.jsonl"),
+              "--spm-model", str(tmp_path / "other.model"), "--no-progress-bar"])
+    assert f"{tmp_path / 'other.model'} is not the sentencepiece model of this dictionary" in \
+        str(error.value.code)
+
+
+def test_command_refuses_a_dictionary_of_another_size(checkpoint, data_dir, tmp_path):
+    lines = (data_dir / "dict.txt").read_text().splitlines()
+    (tmp_path / "dict.txt").write_text("\n".join(lines[:-10]) + "\n")
+    with pytest.raises(SystemExit) as error:
+        main(["--task", "copa", "--path", str(checkpoint), "--data", str(DATA / "copa.jsonl"),
+              "--data-dir", str(tmp_path), "--no-progress-bar"])
+    assert f"{tmp_path / 'dict.txt'} has " in str(error.value.code)
+    assert "--data-dir" in str(error.value.code)
