@@ -16,6 +16,10 @@ its experts. The plugin then only adds the entry that says which experts those a
 model state, for fully_sharded_checkpoints.py to merge the files.
 """
 
+import re
+from pathlib import Path
+from typing import List
+
 import torch.distributed as dist
 from fairseq.trainer import Trainer
 from omegaconf import open_dict
@@ -25,6 +29,7 @@ from torch import nn
 # experts: {"rank", "world_size", "experts": {parameter name: (group rank, group size)}}.
 SHARDS_KEY = "_expert_shards"
 CONSOLIDATE = "python -m fairseq_smlp.consolidate_checkpoint"
+RANK_SUFFIX = "-rank-"
 # Module names FSDP puts between a module and its wrapped children (fairscale's
 # FullyShardedDataParallel and FlattenParamsWrapper); state dicts leave them out.
 FSDP_WRAPPER_NAMES = {"_fsdp_wrapped_module", "_fpw_module"}
@@ -134,15 +139,79 @@ def _should_save(trainer) -> bool:
 def _suffix(trainer) -> str:
     suffix = _fairseq["suffix"].fget(trainer)
     if trainer_holds_parallel_experts(trainer) and not trainer.is_fsdp:  # FSDP's is -shardR
-        suffix += f"-rank-{trainer.data_parallel_rank}"
+        suffix += f"{RANK_SUFFIX}{trainer.data_parallel_rank}"
     return suffix
 
 
-def _load_checkpoint(trainer, *args, **kwargs):
-    if trainer_holds_parallel_experts(trainer):
-        with open_dict(trainer.cfg.checkpoint):
-            trainer.cfg.checkpoint.load_checkpoint_on_all_dp_ranks = True
-    return _fairseq["load"](trainer, *args, **kwargs)
+def _load_checkpoint(trainer, filename, *args, **kwargs):
+    if not trainer_holds_parallel_experts(trainer):
+        check_no_rank_files(Path(filename))
+        return _fairseq["load"](trainer, filename, *args, **kwargs)
+    check_every_rank_finds_its_file(Path(filename))
+    with open_dict(trainer.cfg.checkpoint):
+        trainer.cfg.checkpoint.load_checkpoint_on_all_dp_ranks = True
+    extra_state = _fairseq["load"](trainer, filename, *args, **kwargs)
+    check_every_rank_resumed_the_same_update(trainer.get_num_updates())
+    return extra_state
+
+
+def rank_files_of(path: Path) -> List[Path]:
+    return sorted(path.parent.glob(f"{path.stem}{RANK_SUFFIX}*.pt"))
+
+
+def check_no_rank_files(path: Path) -> None:
+    """A run without spread experts looks for NAME.pt; beside an expert-parallel run's
+    NAME-rank-R.pt files fairseq would print "No existing checkpoint found" and start over."""
+    found = [] if path.is_file() else rank_files_of(path)
+    if not found:
+        return
+    raise ValueError(
+        f"{path} does not exist, but {len(found)} rank files of an expert-parallel run do "
+        f"({found[0].name}, ...), which this run (a single process, or a model without experts "
+        f"spread over ranks) cannot resume from: resume on {len(found)} ranks, or merge them "
+        f"with `{CONSOLIDATE} {path}` and start from the merged file with "
+        f"--finetune-from-model"
+    )
+
+
+def check_every_rank_finds_its_file(path: Path) -> None:
+    """Every rank calls this together. If some ranks find their file and others not, the others
+    would start over while the first wait for them in the first exchange; each rank stops with
+    the same error instead."""
+    found = [None] * dist.get_world_size()
+    dist.all_gather_object(found, path.is_file())
+    if all(found):
+        return
+    plain = path.with_name(re.sub(rf"{RANK_SUFFIX}\d+$", "", path.stem) + ".pt")
+    if not any(found) and plain != path and plain.is_file():
+        raise ValueError(
+            f"{plain} holds a run without experts spread over ranks and there are no rank files "
+            f"beside it: this run of {len(found)} ranks would start over; start from it with "
+            f"--finetune-from-model {plain} (and another --save-dir)"
+        )
+    if any(found):
+        missing = [rank for rank, exists in enumerate(found) if not exists]
+        raise ValueError(
+            f"ranks {missing} of {len(found)} find no checkpoint where the others do "
+            f"({path.name}): the files were written by a run of another number of ranks; "
+            f"resume on that many, or merge them with `{CONSOLIDATE}` and start from the merged "
+            f"file with --finetune-from-model"
+        )
+
+
+def check_every_rank_resumed_the_same_update(num_updates: int) -> None:
+    """Every rank calls this together: rank files of different updates are what a save that
+    some ranks did not finish leaves, and the ranks would then train past each other."""
+    updates = [None] * dist.get_world_size()
+    dist.all_gather_object(updates, num_updates)
+    if len(set(updates)) > 1:
+        listed = ", ".join(f"rank {rank} at update {n}" for rank, n in enumerate(updates))
+        raise ValueError(
+            f"the ranks resumed from checkpoints of different updates ({listed}): a save did "
+            f"not finish on every rank. Put back a set all ranks wrote (e.g. copy "
+            f"checkpoint_best-rank-R.pt, or an epoch's checkpoint_E_N-rank-R.pt, over "
+            f"checkpoint_last-rank-R.pt on every rank) and resume"
+        )
 
 
 def install_per_rank_checkpoints() -> None:

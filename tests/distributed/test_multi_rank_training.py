@@ -34,19 +34,22 @@ def train_flags(data_dir, arch, save_dir, max_update):
 
 
 def run(command, check=True):
-    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True)
+    # A hang fails the test instead of the suite.
+    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=300)
     output = result.stdout + result.stderr
     if check and result.returncode != 0:
         raise AssertionError(f"{command[:3]} failed:\n{output[-4000:]}")
     return output
 
 
-def two_ranks(flags):
-    return run(["bash", "examples/train_cpu_ranks.sh", "2", *flags])
+def two_ranks(flags, check=True):
+    return run(["bash", "examples/train_cpu_ranks.sh", "2", *flags], check=check)
 
 
-def one_process(flags):
-    return run([sys.executable, "-m", "fairseq_cli.train", *flags, "--cpu", "--update-freq", "2"])
+def one_process(flags, check=True):
+    return run([sys.executable, "-m", "fairseq_cli.train", *flags, "--cpu", "--update-freq", "2"],
+               check=check)
 
 
 def losses(log):
@@ -166,3 +169,49 @@ def test_consolidation_overwrites_only_with_force(rank_files, tmp_path):
     assert merged.read_bytes() == b"an earlier merge"
     consolidate_cli(rank_files / "checkpoint_last.pt", "--output", merged, "--force")
     assert torch.load(merged, weights_only=False)["optimizer_history"][-1]["num_updates"] == 3
+
+
+def copy_rank_files(rank_files, save_dir):
+    save_dir.mkdir()
+    for path in rank_files.glob("checkpoint_last-rank-*.pt"):
+        shutil.copy(path, save_dir)
+    return sorted(p.name for p in save_dir.iterdir())
+
+
+def test_rank_files_of_different_updates_stop_every_rank(data_dir, rank_files, tmp_path):
+    """As after a save that rank 1 did not finish: its checkpoint_last is a step behind."""
+    save_dir = tmp_path / "run"
+    copy_rank_files(rank_files, save_dir)
+    stale = save_dir / "checkpoint_last-rank-1.pt"
+    state = torch.load(stale, weights_only=False)
+    state["optimizer_history"][-1]["num_updates"] = 2
+    torch.save(state, stale)
+    log = two_ranks(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 6), check=False)
+    assert ("the ranks resumed from checkpoints of different updates (rank 0 at update 3, "
+            "rank 1 at update 2)") in log, log[-3000:]
+    assert "train_inner" not in log
+
+
+def test_one_process_refuses_to_start_over_beside_rank_files(data_dir, rank_files, tmp_path):
+    save_dir = tmp_path / "run"
+    before = copy_rank_files(rank_files, save_dir)
+    log = one_process(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 6), check=False)
+    assert "2 rank files of an expert-parallel run do (checkpoint_last-rank-0.pt, ...)" in log, \
+        log[-3000:]
+    assert "resume on 2 ranks, or merge them" in log
+    assert sorted(p.name for p in save_dir.iterdir()) == before
+
+
+def test_two_ranks_refuse_to_start_over_beside_a_single_process_checkpoint(data_dir, rank_files,
+                                                                           tmp_path):
+    save_dir = tmp_path / "run"
+    copy_rank_files(rank_files, save_dir)
+    consolidate_cli(save_dir / "checkpoint_last.pt")  # a checkpoint_last.pt of one process
+    for path in save_dir.glob("*-rank-*.pt"):
+        path.unlink()
+    log = two_ranks(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 6), check=False)
+    assert "holds a run without experts spread over ranks and there are no rank files" in log, \
+        log[-3000:]
+    assert f"--finetune-from-model {save_dir / 'checkpoint_last.pt'}" in log
+    assert sorted(p.name for p in save_dir.iterdir()) == ["checkpoint_last.pt"]
+
