@@ -16,7 +16,9 @@ its experts. The plugin then only adds the entry that says which experts those a
 model state, for fully_sharded_checkpoints.py to merge the files.
 """
 
+import logging
 import re
+import zipfile
 from pathlib import Path
 from typing import List
 
@@ -30,6 +32,7 @@ from torch import nn
 SHARDS_KEY = "_expert_shards"
 CONSOLIDATE = "python -m fairseq_smlp.consolidate_checkpoint"
 RANK_SUFFIX = "-rank-"
+logger = logging.getLogger("fairseq_smlp.trainer.checkpoints")
 # Module names FSDP puts between a module and its wrapped children (fairscale's
 # FullyShardedDataParallel and FlattenParamsWrapper); state dicts leave them out.
 FSDP_WRAPPER_NAMES = {"_fsdp_wrapped_module", "_fpw_module"}
@@ -144,6 +147,7 @@ def _suffix(trainer) -> str:
 
 
 def _load_checkpoint(trainer, filename, *args, **kwargs):
+    filename = str(intact_or_fallback(Path(filename)))
     if not trainer_holds_parallel_experts(trainer):
         check_no_rank_files(Path(filename))
         return _fairseq["load"](trainer, filename, *args, **kwargs)
@@ -153,6 +157,28 @@ def _load_checkpoint(trainer, filename, *args, **kwargs):
     extra_state = _fairseq["load"](trainer, filename, *args, **kwargs)
     check_every_rank_resumed_the_same_update(trainer.get_num_updates())
     return extra_state
+
+
+def intact_or_fallback(path: Path) -> Path:
+    """``path``, or if it is cut short (a save killed midway) the newest intact checkpoint
+    beside it of the same rank, with a warning. torch.save writes a zip archive, whose directory
+    comes last: a truncated file has none."""
+    if not path.is_file() or zipfile.is_zipfile(path):
+        return path
+    def rank_part(stem: str) -> str:  # "-rank-R" or "-shardR" of a rank's file, "" of a whole
+        found = re.search(rf"({RANK_SUFFIX}\d+|-shard\d+)$", stem)
+        return found.group(1) if found else ""
+
+    candidates = [p for p in path.parent.glob("checkpoint*.pt")
+                  if p != path and rank_part(p.stem) == rank_part(path.stem)
+                  and zipfile.is_zipfile(p)]
+    if not candidates:
+        raise ValueError(f"{path} is not a complete checkpoint (a save cut short?) and no intact "
+                         f"checkpoint is beside it: remove it to start over")
+    fallback = max(candidates, key=lambda p: p.stat().st_mtime)
+    logger.warning(f"{path} is not a complete checkpoint (a save cut short?): resuming from "
+                   f"{fallback.name}, the newest intact checkpoint beside it")
+    return fallback
 
 
 def rank_files_of(path: Path) -> List[Path]:

@@ -215,3 +215,15 @@ def test_two_ranks_refuse_to_start_over_beside_a_single_process_checkpoint(data_
     assert f"--finetune-from-model {save_dir / 'checkpoint_last.pt'}" in log
     assert sorted(p.name for p in save_dir.iterdir()) == ["checkpoint_last.pt"]
 
+
+def test_a_truncated_checkpoint_falls_back_to_the_newest_intact_one(data_dir, rank_files,
+                                                                    tmp_path):
+    save_dir = tmp_path / "run"
+    shutil.copytree(rank_files, save_dir)  # checkpoint_last and checkpoint_best, update 3
+    cut = save_dir / "checkpoint_last-rank-0.pt"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a save killed midway
+    log = two_ranks(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 4))
+    assert (f"{cut} is not a complete checkpoint (a save cut short?): resuming from "
+            f"checkpoint_best-rank-0.pt") in log, log[-3000:]
+    assert sorted(losses(log)) == [4]
+
