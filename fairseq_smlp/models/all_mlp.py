@@ -64,7 +64,8 @@ class AllMlpDecoder(FairseqDecoder):
         x = self.dropout(self.embed_tokens(prev_output_tokens))  # (B, L, D)
         for block in self.blocks:
             x = block(x)
-        return self.final_norm(x), {"routing_stats": routing_stats(self.blocks)}
+        # "attn": fairseq's SequenceGenerator reads it; there is no attention to report.
+        return self.final_norm(x), {"attn": [None], "routing_stats": routing_stats(self.blocks)}
 
     def output_layer(self, features, **kwargs):
         return self.output_projection(features)
