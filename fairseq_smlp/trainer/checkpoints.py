@@ -17,6 +17,7 @@ model state, for fully_sharded_checkpoints.py to merge the files.
 """
 
 import logging
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch import nn
 SHARDS_KEY = "_expert_shards"
 CONSOLIDATE = "python -m fairseq_smlp.consolidate_checkpoint"
 RANK_SUFFIX = "-rank-"
+PENDING = ".pending"  # a rank's new checkpoint file until every rank has written its own
 logger = logging.getLogger("fairseq_smlp.trainer.checkpoints")
 # Module names FSDP puts between a module and its wrapped children (fairscale's
 # FullyShardedDataParallel and FlattenParamsWrapper); state dicts leave them out.
@@ -122,6 +124,7 @@ _fairseq = {
     "should_save": Trainer.should_save_checkpoint_on_current_rank,
     "suffix": Trainer.checkpoint_suffix,
     "load": Trainer.load_checkpoint,
+    "save": Trainer.save_checkpoint,
 }
 
 
@@ -144,6 +147,21 @@ def _suffix(trainer) -> str:
     if trainer_holds_parallel_experts(trainer) and not trainer.is_fsdp:  # FSDP's is -shardR
         suffix += f"{RANK_SUFFIX}{trainer.data_parallel_rank}"
     return suffix
+
+
+def _save_checkpoint(trainer, filename, extra_state):
+    """Every rank writes its file under a pending name, and all switch to the new files only once
+    every rank has written: a save that dies on one rank leaves every rank's previous file.
+    (fairseq then copies this file to the checkpoint's other names, checkpoint_last among them,
+    rank by rank: a crash there is caught at load by the update check.)"""
+    if (not trainer_holds_parallel_experts(trainer)
+            or trainer.cfg.checkpoint.write_checkpoints_asynchronously):
+        return _fairseq["save"](trainer, filename, extra_state)
+    pending = f"{filename}{PENDING}"
+    _fairseq["save"](trainer, pending, extra_state)
+    dist.barrier()
+    os.replace(pending, filename)
+    return os.path.abspath(filename)
 
 
 def _load_checkpoint(trainer, filename, *args, **kwargs):
@@ -246,3 +264,4 @@ def install_per_rank_checkpoints() -> None:
     Trainer.should_save_checkpoint_on_current_rank = property(_should_save)
     Trainer.checkpoint_suffix = property(_suffix)
     Trainer.load_checkpoint = _load_checkpoint
+    Trainer.save_checkpoint = _save_checkpoint

@@ -227,3 +227,19 @@ def test_a_truncated_checkpoint_falls_back_to_the_newest_intact_one(data_dir, ra
             f"checkpoint_best-rank-0.pt") in log, log[-3000:]
     assert sorted(losses(log)) == [4]
 
+
+def saved_update(path):
+    return torch.load(path, weights_only=False)["optimizer_history"][-1]["num_updates"]
+
+
+def test_a_save_that_fails_on_one_rank_leaves_every_rank_its_previous_file(data_dir, rank_files,
+                                                                           tmp_path):
+    save_dir = tmp_path / "run"
+    shutil.copytree(rank_files, save_dir)  # update 3
+    for name in ["checkpoint_best", "checkpoint_last"]:  # rank 1 cannot write its next file
+        (save_dir / f"{name}-rank-1.pt.pending.tmp").mkdir()
+    log = two_ranks(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 4), check=False)
+    assert "IsADirectoryError" in log, log[-3000:]
+    for path in save_dir.glob("*-rank-*.pt"):
+        assert saved_update(path) == 3, path.name
+
