@@ -19,9 +19,10 @@ model state, for fully_sharded_checkpoints.py to merge the files.
 import logging
 import os
 import re
+import uuid
 import zipfile
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import torch.distributed as dist
 from fairseq.trainer import Trainer
@@ -29,7 +30,8 @@ from omegaconf import open_dict
 from torch import nn
 
 # The entry of a rank's model state (of its checkpoint under fully_sharded) that lists its
-# experts: {"rank", "world_size", "experts": {parameter name: (group rank, group size)}}.
+# experts: {"run": the training run's id, "rank", "world_size",
+# "experts": {parameter name: (group rank, group size)}}.
 SHARDS_KEY = "_expert_shards"
 CONSOLIDATE = "python -m fairseq_smlp.consolidate_checkpoint"
 RANK_SUFFIX = "-rank-"
@@ -50,9 +52,11 @@ def parallel_experts(model: nn.Module):
             if hasattr(p, "expert_placement")}
 
 
-def shards_entry(experts) -> dict:
-    """The SHARDS_KEY entry for this rank's ``experts`` (name -> parameter)."""
+def shards_entry(experts, run: str) -> dict:
+    """The SHARDS_KEY entry for this rank's ``experts`` (name -> parameter) of training run
+    ``run``."""
     return {
+        "run": run,
         "rank": dist.get_rank(),
         "world_size": dist.get_world_size(),
         "experts": {
@@ -62,7 +66,7 @@ def shards_entry(experts) -> dict:
     }
 
 
-def rank_share(model_state, model: nn.Module):
+def rank_share(model_state, model: nn.Module, run: str):
     """What this rank writes of a model's full state: on rank 0 everything, elsewhere only its
     experts; with the entry that says which experts they are."""
     experts = parallel_experts(model)
@@ -70,7 +74,7 @@ def rank_share(model_state, model: nn.Module):
         return model_state
     share = model_state if dist.get_rank() == 0 else {
         key: value for key, value in model_state.items() if key in experts}
-    share[SHARDS_KEY] = shards_entry(experts)
+    share[SHARDS_KEY] = shards_entry(experts, run)
     return share
 
 
@@ -79,6 +83,8 @@ class ExpertCheckpointMixin:
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         shards = state_dict.pop(SHARDS_KEY, None)
+        # For the check that every rank resumed from the same run (older files carry none).
+        self.loaded_run_id = None if shards is None else shards.get("run")
         experts = parallel_experts(self)
         world_size = dist.get_world_size() if experts else 1
         if shards is not None and shards["world_size"] != world_size:
@@ -128,13 +134,25 @@ _fairseq = {
 }
 
 
+def run_id(trainer) -> str:
+    """The id every rank's files of this training run carry: rank 0's draw, shared at the first
+    save (every rank calls state_dict then), or the one a resumed run loaded."""
+    if getattr(trainer, "_expert_run_id", None) is None:
+        drawn = [uuid.uuid4().hex if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(drawn, src=0)
+        trainer._expert_run_id = drawn[0]
+    return trainer._expert_run_id
+
+
 def _state_dict(trainer):
     state = _fairseq["state_dict"](trainer)
     model = trainer.get_model()
+    if not parallel_experts(model):
+        return state
     if not trainer.is_fsdp:
-        state["model"] = rank_share(state["model"], model)
-    elif experts := parallel_experts(model):  # the model state is this rank's shard already
-        state[SHARDS_KEY] = shards_entry(experts)
+        state["model"] = rank_share(state["model"], model, run_id(trainer))
+    else:  # the model state is this rank's shard already
+        state[SHARDS_KEY] = shards_entry(parallel_experts(model), run_id(trainer))
     return state
 
 
@@ -173,8 +191,17 @@ def _load_checkpoint(trainer, filename, *args, **kwargs):
     with open_dict(trainer.cfg.checkpoint):
         trainer.cfg.checkpoint.load_checkpoint_on_all_dp_ranks = True
     extra_state = _fairseq["load"](trainer, filename, *args, **kwargs)
-    check_every_rank_resumed_the_same_update(trainer.get_num_updates())
+    run = getattr(trainer.get_model(), "loaded_run_id", None)
+    check_every_rank_resumed_the_same_state(trainer.get_num_updates(), run)
+    if run is not None:
+        trainer._expert_run_id = run  # the resumed run keeps its id
     return extra_state
+
+
+def rank_part(stem: str) -> str:
+    """"-rank-R" or "-shardR" of a rank's checkpoint name, "" of a whole one."""
+    found = re.search(rf"({RANK_SUFFIX}\d+|-shard\d+)$", stem)
+    return found.group(1) if found else ""
 
 
 def intact_or_fallback(path: Path) -> Path:
@@ -183,10 +210,6 @@ def intact_or_fallback(path: Path) -> Path:
     comes last: a truncated file has none."""
     if not path.is_file() or zipfile.is_zipfile(path):
         return path
-    def rank_part(stem: str) -> str:  # "-rank-R" or "-shardR" of a rank's file, "" of a whole
-        found = re.search(rf"({RANK_SUFFIX}\d+|-shard\d+)$", stem)
-        return found.group(1) if found else ""
-
     candidates = [p for p in path.parent.glob("checkpoint*.pt")
                   if p != path and rank_part(p.stem) == rank_part(path.stem)
                   and zipfile.is_zipfile(p)]
@@ -243,13 +266,21 @@ def check_every_rank_finds_its_file(path: Path) -> None:
         )
 
 
-def check_every_rank_resumed_the_same_update(num_updates: int) -> None:
+def check_every_rank_resumed_the_same_state(num_updates: int, run: Optional[str]) -> None:
     """Every rank calls this together: rank files of different updates are what a save that
-    some ranks did not finish leaves, and the ranks would then train past each other."""
-    updates = [None] * dist.get_world_size()
-    dist.all_gather_object(updates, num_updates)
-    if len(set(updates)) > 1:
-        listed = ", ".join(f"rank {rank} at update {n}" for rank, n in enumerate(updates))
+    some ranks did not finish leaves, rank files of different runs what two runs sharing a
+    --save-dir leave, and the ranks would then train past each other."""
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, (num_updates, run))
+    runs = {state[1] for state in states}
+    if len(runs) > 1:
+        listed = ", ".join(f"rank {rank} of run {r}" for rank, (_, r) in enumerate(states))
+        raise ValueError(
+            f"the ranks resumed from checkpoints of different training runs ({listed}): two runs "
+            f"wrote to this --save-dir; give each run a --save-dir of its own"
+        )
+    if len({n for n, _ in states}) > 1:
+        listed = ", ".join(f"rank {rank} at update {n}" for rank, (n, _) in enumerate(states))
         raise ValueError(
             f"the ranks resumed from checkpoints of different updates ({listed}): a save did "
             f"not finish on every rank. Put back a set all ranks wrote (e.g. copy "

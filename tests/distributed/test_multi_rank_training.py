@@ -243,3 +243,17 @@ def test_a_save_that_fails_on_one_rank_leaves_every_rank_its_previous_file(data_
     for path in save_dir.glob("*-rank-*.pt"):
         assert saved_update(path) == 3, path.name
 
+
+def test_rank_files_of_two_runs_stop_every_rank(data_dir, rank_files, tmp_path):
+    """As when two runs shared a --save-dir: rank 1's file is another run's, at the same update."""
+    save_dir = tmp_path / "run"
+    copy_rank_files(rank_files, save_dir)
+    other = save_dir / "checkpoint_last-rank-1.pt"
+    state = torch.load(other, weights_only=False)
+    state["model"]["_expert_shards"]["run"] = "another run"
+    torch.save(state, other)
+    log = two_ranks(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 6), check=False)
+    assert "the ranks resumed from checkpoints of different training runs" in log, log[-3000:]
+    assert "rank 1 of run another run" in log
+    assert "train_inner" not in log
+
