@@ -61,7 +61,18 @@ def updates(checkpoints: List[Dict]) -> List[int]:
     return [c["optimizer_history"][-1]["num_updates"] for c in checkpoints]
 
 
+def run_of(checkpoint: Dict):
+    """The training run's id a rank file carries (None for files written before ids)."""
+    shards = checkpoint.get(SHARDS_KEY) or checkpoint["model"].get(SHARDS_KEY) or {}
+    return shards.get("run")
+
+
 def check_same_update(files: List[Path], checkpoints: List[Dict]) -> None:
+    runs = [run_of(c) for c in checkpoints]
+    if len(set(runs)) > 1:
+        listed = ", ".join(f"{f.name} of run {r}" for f, r in zip(files, runs))
+        raise ValueError(f"the rank files come from different training runs ({listed}): two "
+                         f"runs wrote to this directory; merge the files of one run")
     saved_at = updates(checkpoints)
     if len(set(saved_at)) > 1:
         listed = ", ".join(f"{f.name} at update {n}" for f, n in zip(files, saved_at))

@@ -161,6 +161,19 @@ def test_consolidation_refuses_rank_files_of_different_updates(rank_files, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
+def test_consolidation_refuses_rank_files_of_two_runs(rank_files, tmp_path):
+    for path in rank_files.glob("checkpoint_last-rank-*.pt"):
+        shutil.copy(path, tmp_path)
+    other = tmp_path / "checkpoint_last-rank-1.pt"
+    state = torch.load(other, weights_only=False)
+    state["model"]["_expert_shards"]["run"] = "another run"
+    torch.save(state, other)
+    output = consolidate_cli(tmp_path / "checkpoint_last.pt")
+    assert "the rank files come from different training runs" in output, output
+    assert "checkpoint_last-rank-1.pt of run another run" in output
+    assert not (tmp_path / "checkpoint_last.pt").exists()
+
+
 def test_consolidation_overwrites_only_with_force(rank_files, tmp_path):
     merged = tmp_path / "merged.pt"
     merged.write_bytes(b"an earlier merge")
