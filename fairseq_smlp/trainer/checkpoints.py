@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch.distributed as dist
+from fairseq import checkpoint_utils
+from fairseq.file_io import PathManager
 from fairseq.trainer import Trainer
 from omegaconf import open_dict
 from torch import nn
@@ -131,6 +133,8 @@ _fairseq = {
     "suffix": Trainer.checkpoint_suffix,
     "load": Trainer.load_checkpoint,
     "save": Trainer.save_checkpoint,
+    "save_set": checkpoint_utils.save_checkpoint,
+    "copy": PathManager.__dict__["copy"],  # a staticmethod
 }
 
 
@@ -167,19 +171,35 @@ def _suffix(trainer) -> str:
     return suffix
 
 
-def _save_checkpoint(trainer, filename, extra_state):
-    """Every rank writes its file under a pending name, and all switch to the new files only once
-    every rank has written: a save that dies on one rank leaves every rank's previous file.
-    (fairseq then copies this file to the checkpoint's other names, checkpoint_last among them,
-    rank by rank: a crash there is caught at load by the update check.)"""
-    if (not trainer_holds_parallel_experts(trainer)
-            or trainer.cfg.checkpoint.write_checkpoints_asynchronously):
-        return _fairseq["save"](trainer, filename, extra_state)
-    pending = f"{filename}{PENDING}"
-    _fairseq["save"](trainer, pending, extra_state)
+def _save_checkpoint_set(cfg, trainer, epoch_itr, val_loss):
+    """fairseq's checkpoint_utils.save_checkpoint, which writes one file and copies it to the
+    save's other names (checkpoint_last among them). With spread experts every one of them is
+    written under a pending name, and the ranks switch to the new set together once all have
+    written: a save that dies on one rank leaves every rank its previous files."""
+    if (not trainer_holds_parallel_experts(trainer) or cfg.write_checkpoints_asynchronously):
+        return _fairseq["save_set"](cfg, trainer, epoch_itr, val_loss)
+    written = []
+
+    def save_pending(filename, extra_state):
+        written.append(filename)
+        _fairseq["save"](trainer, f"{filename}{PENDING}", extra_state)
+        return os.path.abspath(filename)
+
+    def copy_pending(source, destination, overwrite=False):
+        written.append(destination)
+        return _fairseq["copy"].__func__(f"{source}{PENDING}", f"{destination}{PENDING}", True)
+
+    trainer.save_checkpoint = save_pending  # for this call only; the class's stays fairseq's
+    PathManager.copy = copy_pending
+    try:
+        saved = _fairseq["save_set"](cfg, trainer, epoch_itr, val_loss)
+    finally:
+        del trainer.save_checkpoint
+        PathManager.copy = _fairseq["copy"]
     dist.barrier()
-    os.replace(pending, filename)
-    return os.path.abspath(filename)
+    for name in written:
+        os.replace(f"{name}{PENDING}", name)
+    return saved
 
 
 def _load_checkpoint(trainer, filename, *args, **kwargs):
@@ -295,4 +315,5 @@ def install_per_rank_checkpoints() -> None:
     Trainer.should_save_checkpoint_on_current_rank = property(_should_save)
     Trainer.checkpoint_suffix = property(_suffix)
     Trainer.load_checkpoint = _load_checkpoint
-    Trainer.save_checkpoint = _save_checkpoint
+    # Inside, fairseq keeps its best loss on the function it calls by this name: the wrapper.
+    checkpoint_utils.save_checkpoint = _save_checkpoint_set
