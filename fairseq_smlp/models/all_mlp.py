@@ -1,10 +1,11 @@
 """The decoder shared by the all-MLP language models (gmlp_lm, smlp) and their context rule."""
 
-from fairseq.models import FairseqDecoder
+from fairseq.models import FairseqIncrementalDecoder
 from fairseq.modules import FairseqDropout
 from fairseq.utils import safe_getattr
 from torch import nn
 
+from ..modules.spatial_gating import SpatialGatingUnit
 from .routing_stats import routing_stats
 
 
@@ -41,10 +42,15 @@ def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:
     return embedding
 
 
-class AllMlpDecoder(FairseqDecoder):
+class AllMlpDecoder(FairseqIncrementalDecoder):
     """Token embedding, a stack of blocks that each map (B, L, D) to (B, L, D), a final
     LayerNorm and the output projection. There are no position embeddings: the spatial maps are
-    position-specific."""
+    position-specific.
+
+    Generating, fairseq passes an ``incremental_state`` and every token so far; when every
+    spatial gating unit can decode one position at a time (not smlp_partial, whose routing reads
+    the first positions as a whole), only the newest token runs and the units keep the past.
+    Otherwise every step recomputes the whole prefix."""
 
     def __init__(self, args, dictionary, blocks: nn.ModuleList):
         super().__init__(dictionary)
@@ -59,11 +65,25 @@ class AllMlpDecoder(FairseqDecoder):
         else:
             nn.init.normal_(self.output_projection.weight, std=args.decoder_embed_dim**-0.5)
 
-    def extract_features(self, prev_output_tokens, encoder_out=None, **kwargs):
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        return self.output_layer(x), extra
+
+    @property
+    def decodes_incrementally(self) -> bool:
+        return all(unit.decodes_incrementally for unit in self.modules()
+                   if isinstance(unit, SpatialGatingUnit))
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None,
+                         **kwargs):
         check_context(prev_output_tokens.size(1), self.max_target_positions, "the input")
+        if incremental_state is not None and self.decodes_incrementally:
+            prev_output_tokens = prev_output_tokens[:, -1:]  # the past is in the units' state
+        else:
+            incremental_state = None
         x = self.dropout(self.embed_tokens(prev_output_tokens))  # (B, L, D)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, incremental_state)
         # "attn": fairseq's SequenceGenerator reads it; there is no attention to report.
         return self.final_norm(x), {"attn": [None], "routing_stats": routing_stats(self.blocks)}
 

@@ -19,6 +19,6 @@ class GmlpBlock(nn.Module):
         self.proj_out = nn.Linear(ffn_dim // 2, embed_dim)  # V
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, incremental_state=None) -> torch.Tensor:
         hidden = F.gelu(self.proj_in(self.norm(x)))  # (B, L, ffn_dim)
-        return x + self.dropout(self.proj_out(self.sgu(hidden)))
+        return x + self.dropout(self.proj_out(self.sgu(hidden, incremental_state)))

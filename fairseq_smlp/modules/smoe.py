@@ -46,6 +46,13 @@ class SpatialExperts(CausalSpatialProjection):
         mixed = mixed[:, :batch * columns, :length].view(self.num_experts, batch, columns, length)
         return mixed.permute(1, 3, 0, 2).reshape(batch, length, width)
 
+    def forward_last(self, past: torch.Tensor) -> torch.Tensor:
+        if self.placement.is_parallel:
+            raise ValueError("decoding one position at a time needs every expert in one process: "
+                             "merge the rank files with python -m "
+                             "fairseq_smlp.consolidate_checkpoint and generate from the merge")
+        return super().forward_last(past)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_experts={self.num_experts}"
 

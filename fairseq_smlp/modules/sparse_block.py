@@ -21,6 +21,7 @@ class SparseMlpBlock(nn.Module):
         self.tmoe = tmoe
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.token_mixing(x)
+    def forward(self, x: torch.Tensor, incremental_state=None) -> torch.Tensor:
+        # In inference the tMoE routes each token on its own: it keeps nothing between steps.
+        x = self.token_mixing(x, incremental_state)
         return x + self.dropout(self.tmoe(self.norm(x)))

@@ -1,15 +1,24 @@
 """gMLP's spatial gating unit, with the spatial projection as a pluggable token mixer."""
 
+from typing import Dict, Optional
+
 import torch
+from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import nn
 
+IncrementalState = Dict[str, Dict[str, Optional[torch.Tensor]]]
 
+
+@with_incremental_state
 class SpatialGatingUnit(nn.Module):
     """Split the channels into halves (z1, z2) and return ``z1 * mixer(LN(z2))``.
 
     ``dim`` is the width of the input; the output is ``dim // 2`` wide. ``mixer`` maps
     (B, L, dim // 2) to the same shape along positions: one causal (T x T) projection in gMLP
     (``W LN(z2) + b``), a feature-routing mixture of such projections (sMoE) in sMLP.
+
+    Decoding one position at a time (``incremental_state``, for mixers with ``forward_last``),
+    the unit keeps LN(z2) of every past position, all that a causal projection reads of them.
     """
 
     def __init__(self, dim: int, mixer: nn.Module):
@@ -22,6 +31,24 @@ class SpatialGatingUnit(nn.Module):
         self.norm = nn.LayerNorm(dim // 2)
         self.mixer = mixer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z1, z2 = x.chunk(2, dim=-1)  # (B, L, D/2) each
-        return z1 * self.mixer(self.norm(z2))
+    @property
+    def decodes_incrementally(self) -> bool:
+        return hasattr(self.mixer, "forward_last")
+
+    def forward(self, x: torch.Tensor,
+                incremental_state: Optional[IncrementalState] = None) -> torch.Tensor:
+        z1, z2 = x.chunk(2, dim=-1)  # (B, L, D/2) each; L = 1 when decoding incrementally
+        if incremental_state is None:
+            return z1 * self.mixer(self.norm(z2))
+        cached = self.get_incremental_state(incremental_state, "past")
+        past = self.norm(z2) if cached is None else torch.cat([cached["past"], self.norm(z2)], 1)
+        self.set_incremental_state(incremental_state, "past", {"past": past})  # (B, t, D/2)
+        return z1 * self.mixer.forward_last(past)
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState,
+                                  new_order: torch.Tensor) -> None:
+        """Beam search keeps, at each step, the hypotheses ``new_order`` picks."""
+        cached = self.get_incremental_state(incremental_state, "past")
+        if cached is not None:
+            self.set_incremental_state(incremental_state, "past",
+                                       {"past": cached["past"].index_select(0, new_order)})

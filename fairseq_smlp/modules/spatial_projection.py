@@ -48,6 +48,15 @@ class CausalSpatialProjection(nn.Module):
         mixed = torch.einsum("gts,bsgc->btgc", self.causal_weight(length), chunks) + bias
         return mixed.reshape(batch, length, width)  # (B, L, H)
 
+    def forward_last(self, past: torch.Tensor) -> torch.Tensor:
+        """The output at the last of the t positions of ``past`` (B, t, H), which is all it
+        reads: (B, 1, H). One step of incremental decoding, O(t H) work."""
+        batch, length, width = past.shape
+        chunks = past.view(batch, length, self.num_maps, width // self.num_maps)  # (B, t, G, C)
+        row = self.weight[:, length - 1, :length]  # (G, t): s <= t - 1, inside the triangle
+        mixed = torch.einsum("gs,bsgc->bgc", row, chunks) + self.bias[:, length - 1, None]
+        return mixed.reshape(batch, 1, width)
+
     def forward_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """The same maps on map-major rows: (G, N, L), map g applied to each of the N length-L
         rows of rows[g] (a column of some sequence), as one batched matrix product."""

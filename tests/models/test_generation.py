@@ -1,11 +1,14 @@
 """fairseq's SequenceGenerator, the engine of fairseq-generate, fairseq-interactive and the hub
 interface, runs every model family: its greedy search writes, token by token, what a loop of
-full forward passes picks."""
+full forward passes picks, with the same log-probabilities, also where the all-MLP decoders
+decode one position at a time; beam search decodes the same incrementally or not."""
 
 import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 from helpers import build_model, make_dictionary
+
+from fairseq_smlp.models.all_mlp import AllMlpDecoder
 
 ARCHS = {
     "gmlp_lm_tiny": {},
@@ -16,31 +19,61 @@ ARCHS = {
     "transformer_lm_hash_tiny": {},
 }
 PROMPT, NEW = 5, 6
+INCREMENTAL = {"gmlp_lm_tiny", "smlp_deterministic_tiny"}  # smlp_partial recomputes
 
 
 def greedy_by_hand(model, dictionary, prompt, steps):
     """[eos] + prompt, then ``steps`` times the likeliest next token of a full forward pass
-    (never padding, never end-of-sentence: the generator's min_len forbids it here)."""
+    (never padding, never end-of-sentence: the generator's min_len forbids it here). The tokens
+    after [eos] and the log-probability of each."""
     tokens = torch.cat([torch.tensor([[dictionary.eos()]]), prompt], dim=1)
     for _ in range(steps):
         log_probs = model.get_normalized_probs(model(tokens), log_probs=True)[:, -1]
         log_probs[:, [dictionary.pad(), dictionary.eos()]] = -torch.inf
         tokens = torch.cat([tokens, log_probs.argmax(-1, keepdim=True)], dim=1)
-    return tokens[0, 1:].tolist()
+    every = model.get_normalized_probs(model(tokens[:, :-1]), log_probs=True)[0]  # (L, V)
+    return tokens[0, 1:].tolist(), every.gather(1, tokens[0, 1:, None]).squeeze(1)
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_greedy_generation_is_the_argmax_of_full_forward_passes(arch):
+def randomized(arch):
     torch.manual_seed(0)
-    dictionary = make_dictionary(40)
     model = build_model(arch, tokens_per_sample=16, decoder_layers=2, **ARCHS[arch]).eval()
     with torch.no_grad():  # away from the near-identity initialisation, which repeats tokens
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter))
-    prompt = torch.randint(4, 44, (1, PROMPT))
-    generator = SequenceGenerator([model], dictionary, beam_size=1, max_len_a=1, max_len_b=NEW,
-                                  min_len=PROMPT + NEW)
+    return model
+
+
+def generate(model, dictionary, prompt, beam):
+    generator = SequenceGenerator([model], dictionary, beam_size=beam, max_len_a=1,
+                                  max_len_b=NEW, min_len=PROMPT + NEW)
     sample = {"net_input": {"src_tokens": prompt, "src_lengths": torch.tensor([PROMPT])}}
-    tokens = generator.generate([model], sample, prefix_tokens=prompt)[0][0]["tokens"]
-    want = greedy_by_hand(model, dictionary, prompt, NEW)
-    assert tokens.tolist() == want + [dictionary.eos()]
+    return generator.generate([model], sample, prefix_tokens=prompt)[0]
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_greedy_generation_is_the_argmax_of_full_forward_passes(arch):
+    dictionary = make_dictionary(40)
+    model = randomized(arch)
+    if isinstance(model.decoder, AllMlpDecoder):
+        assert model.decoder.decodes_incrementally == (arch in INCREMENTAL)
+    prompt = torch.randint(4, 44, (1, PROMPT))
+    best = generate(model, dictionary, prompt, beam=1)[0]
+    tokens, log_probs = greedy_by_hand(model, dictionary, prompt, NEW)
+    assert best["tokens"].tolist() == tokens + [dictionary.eos()]
+    torch.testing.assert_close(best["positional_scores"][PROMPT:-1], log_probs[PROMPT:],
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", sorted(INCREMENTAL))
+def test_beam_search_is_the_same_incremental_or_not(arch, monkeypatch):
+    dictionary = make_dictionary(40)
+    model = randomized(arch)
+    prompt = torch.randint(4, 44, (1, PROMPT))
+    incremental = generate(model, dictionary, prompt, beam=3)
+    monkeypatch.setattr(AllMlpDecoder, "decodes_incrementally", property(lambda self: False))
+    recomputed = generate(model, dictionary, prompt, beam=3)
+    for a, b in zip(incremental, recomputed):
+        assert a["tokens"].tolist() == b["tokens"].tolist()
+        torch.testing.assert_close(a["positional_scores"], b["positional_scores"],
+                                   rtol=1e-4, atol=1e-4)
