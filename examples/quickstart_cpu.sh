@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: prepare the bundled corpus (if not done yet), train the flagship model on
-# CPU for a few minutes and report its test perplexity with fairseq-eval-lm.
+# CPU for a few minutes, report its test perplexity with fairseq-eval-lm and print a continuation
+# of a fixed prompt with fairseq-interactive.
 #
 #   examples/quickstart_cpu.sh     # environment: ARCH, CRITERION, DATA, SAVE_DIR, MAX_UPDATE
 #
@@ -30,3 +31,10 @@ fairseq-train "$DATA/bin" --user-dir "$USER_DIR" --task language_modeling --arch
 fairseq-eval-lm "$DATA/bin" --user-dir "$USER_DIR" --path "$SAVE_DIR/checkpoint_best.pt" \
   --gen-subset test --tokens-per-sample $TOKENS_PER_SAMPLE --batch-size 16 \
   --cpu --num-workers 0 2>&1 | tee "$SAVE_DIR/eval_test.log" | grep -E "Evaluated|Perplexity"
+
+# Top-10 sampling with a fixed seed: the same text on every run on the same machine.
+printf "The state of the union is\n" | fairseq-interactive "$DATA/bin" --user-dir "$USER_DIR" \
+  --task language_modeling --tokens-per-sample $TOKENS_PER_SAMPLE \
+  --path "$SAVE_DIR/checkpoint_best.pt" --bpe sentencepiece --sentencepiece-model "$DATA/spm.model" \
+  --sampling --sampling-topk 10 --beam 1 --max-len-b 40 --seed 1 --cpu --num-workers 0 2>&1 \
+  | tee "$SAVE_DIR/sample.log" | grep "^D-0" | cut -f3
