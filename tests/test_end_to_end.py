@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import fairseq_smlp
 
@@ -46,7 +47,7 @@ def train(data_dir, save_dir, arch):
         "--batch-size", "8", "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "fixed",
         "--max-update", "80", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
         "--cpu", "--num-workers", "0", "--seed", "1", "--log-format", "simple",
-        "--log-interval", "20",
+        "--log-interval", "20", "--tensorboard-logdir", str(save_dir / "tensorboard"),
     )
     return save_dir / "checkpoint_last.pt", result.stdout + result.stderr
 
@@ -154,3 +155,12 @@ def test_prepare_rejects_a_missing_text_dir(tmp_path):
                  str(tmp_path / "absent"), check=False)
     assert result.returncode != 0
     assert f"--text-dir {tmp_path / 'absent'}: no such directory" in result.stderr
+
+
+def test_tensorboard_receives_the_losses_and_the_routing_figures(checkpoints):
+    checkpoint, _ = checkpoints("smlp_deterministic_tiny")
+    events = EventAccumulator(str(checkpoint.parent / "tensorboard" / "train_inner"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"loss", "layer1.tmoe.load_cv", "layer1.tmoe.greedy_load_cv"} <= set(scalars)
+    assert [event.step for event in events.Scalars("loss")] == [20, 40, 60, 80]

@@ -100,4 +100,3 @@ def test_needs_the_partial_prediction_task():
         PartialPredictionCrossEntropyCriterion(task, False, 0.01, "sum")
     with pytest.raises(ValueError, match="--moe-gate-loss-wt must be >= 0; got -1"):
         MoECrossEntropyCriterion(task, False, -1, "sum")
-

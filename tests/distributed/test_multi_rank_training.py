@@ -269,4 +269,3 @@ def test_rank_files_of_two_runs_stop_every_rank(data_dir, rank_files, tmp_path):
     assert "the ranks resumed from checkpoints of different training runs" in log, log[-3000:]
     assert "rank 1 of run another run" in log
     assert "train_inner" not in log
-
