@@ -4,10 +4,11 @@ single process (fairseq-eval-lm) or to fine-tune on another number of ranks.
     python -m fairseq_smlp.consolidate_checkpoint checkpoints/run/checkpoint_best.pt
 
 reads checkpoints/run/checkpoint_best-rank-*.pt and writes checkpoints/run/checkpoint_best.pt
-(or --output; an existing file only with --force). Rank files of different updates, the trace
-of a save that some ranks did not finish, are refused. A --ddp-backend fully_sharded run writes checkpoint_best-shard*.pt instead; their
-merge needs an --output of another name, since fairseq-eval-lm reads NAME-shard0.pt in place of
-NAME.pt when both exist. The optimizer state is left out: it was laid out per rank.
+(or --output; an existing file only with --force). Rank files of different training runs, or
+of different updates (the trace of a save that some ranks did not finish), are refused. A
+--ddp-backend fully_sharded run writes checkpoint_best-shard*.pt instead; their merge needs an
+--output of another name, since fairseq-eval-lm reads NAME-shard0.pt in place of NAME.pt when
+both exist. The optimizer state is left out: it was laid out per rank.
 """
 
 import argparse
@@ -19,13 +20,11 @@ from typing import Dict, List
 import torch
 from fairseq import checkpoint_utils
 
-from .trainer.checkpoints import SHARDS_KEY
+from .trainer.checkpoints import RANK_SUFFIX, SHARD_SUFFIX, SHARDS_KEY
 from .trainer.fully_sharded_checkpoints import merge_sharded_checkpoints
 
-RANK_MARKER, FSDP_SHARD_MARKER = "-rank-", "-shard"
 
-
-def rank_files(path: Path, marker: str = RANK_MARKER) -> List[Path]:
+def rank_files(path: Path, marker: str = RANK_SUFFIX) -> List[Path]:
     pattern = re.compile(re.escape(path.stem + marker) + r"(\d+)\.pt$")
     found = {int(m.group(1)): p for p in path.parent.glob(f"{path.stem}{marker}*.pt")
              if (m := pattern.match(p.name))}
@@ -67,7 +66,7 @@ def run_of(checkpoint: Dict):
     return shards.get("run")
 
 
-def check_same_update(files: List[Path], checkpoints: List[Dict]) -> None:
+def check_one_run_one_update(files: List[Path], checkpoints: List[Dict]) -> None:
     runs = [run_of(c) for c in checkpoints]
     if len(set(runs)) > 1:
         listed = ", ".join(f"{f.name} of run {r}" for f, r in zip(files, runs))
@@ -87,18 +86,18 @@ def consolidate(path: Path, output: Path, force: bool = False) -> int:
     """Merge the rank files (or -shardR files) of ``path`` into ``output``; the file count."""
     if output.exists() and not force:
         raise ValueError(f"{output} exists: add --force to overwrite it, or choose --output")
-    sharded = any(path.parent.glob(f"{path.stem}{FSDP_SHARD_MARKER}*.pt"))
+    sharded = any(path.parent.glob(f"{path.stem}{SHARD_SUFFIX}*.pt"))
     if sharded and output == path:
         raise ValueError(
-            f"fairseq-eval-lm reads {path.stem}{FSDP_SHARD_MARKER}0.pt in place of "
+            f"fairseq-eval-lm reads {path.stem}{SHARD_SUFFIX}0.pt in place of "
             f"{path.name}: give the merged file another name with --output"
         )
-    files = rank_files(path, FSDP_SHARD_MARKER if sharded else RANK_MARKER)
+    files = rank_files(path, SHARD_SUFFIX if sharded else RANK_SUFFIX)
     # As fairseq wrote them (fairseq's own loader would turn the config into objects that
     # torch.load's default weights_only mode then refuses). This runs code the files hold:
     # merge only checkpoints you trust.
     checkpoints = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
-    check_same_update(files, checkpoints)
+    check_one_run_one_update(files, checkpoints)
     if sharded:
         merged = merge_sharded_checkpoints(checkpoints)
     else:

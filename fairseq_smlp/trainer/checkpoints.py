@@ -36,7 +36,8 @@ from torch import nn
 # "experts": {parameter name: (group rank, group size)}}.
 SHARDS_KEY = "_expert_shards"
 CONSOLIDATE = "python -m fairseq_smlp.consolidate_checkpoint"
-RANK_SUFFIX = "-rank-"
+RANK_SUFFIX = "-rank-"  # NAME-rank-R.pt: a rank's file of an expert-parallel run
+SHARD_SUFFIX = "-shard"  # NAME-shardR.pt: fairseq's, a rank's file under fully_sharded
 PENDING = ".pending"  # a rank's new checkpoint file until every rank has written its own
 logger = logging.getLogger("fairseq_smlp.trainer.checkpoints")
 # Module names FSDP puts between a module and its wrapped children (fairscale's
@@ -68,12 +69,9 @@ def shards_entry(experts, run: str) -> dict:
     }
 
 
-def rank_share(model_state, model: nn.Module, run: str):
-    """What this rank writes of a model's full state: on rank 0 everything, elsewhere only its
-    experts; with the entry that says which experts they are."""
-    experts = parallel_experts(model)
-    if not experts:
-        return model_state
+def rank_share(model_state, experts, run: str):
+    """What this rank writes of a model's full state, given its ``parallel_experts``: on rank 0
+    everything, elsewhere only its experts; with the entry that says which experts they are."""
     share = model_state if dist.get_rank() == 0 else {
         key: value for key, value in model_state.items() if key in experts}
     share[SHARDS_KEY] = shards_entry(experts, run)
@@ -150,13 +148,13 @@ def run_id(trainer) -> str:
 
 def _state_dict(trainer):
     state = _fairseq["state_dict"](trainer)
-    model = trainer.get_model()
-    if not parallel_experts(model):
+    experts = parallel_experts(trainer.get_model())
+    if not experts:
         return state
     if not trainer.is_fsdp:
-        state["model"] = rank_share(state["model"], model, run_id(trainer))
+        state["model"] = rank_share(state["model"], experts, run_id(trainer))
     else:  # the model state is this rank's shard already
-        state[SHARDS_KEY] = shards_entry(parallel_experts(model), run_id(trainer))
+        state[SHARDS_KEY] = shards_entry(experts, run_id(trainer))
     return state
 
 
@@ -220,7 +218,7 @@ def _load_checkpoint(trainer, filename, *args, **kwargs):
 
 def rank_part(stem: str) -> str:
     """"-rank-R" or "-shardR" of a rank's checkpoint name, "" of a whole one."""
-    found = re.search(rf"({RANK_SUFFIX}\d+|-shard\d+)$", stem)
+    found = re.search(rf"({RANK_SUFFIX}\d+|{SHARD_SUFFIX}\d+)$", stem)
     return found.group(1) if found else ""
 
 

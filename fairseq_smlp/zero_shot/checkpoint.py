@@ -11,9 +11,9 @@ from fairseq.data import Dictionary
 from fairseq.dataclass.utils import overwrite_args_by_name
 from fairseq.models import FairseqLanguageModel
 
-from ..trainer.checkpoints import CONSOLIDATE
+from ..trainer.checkpoints import CONSOLIDATE, RANK_SUFFIX
 
-RANK_FILE = re.compile(r"^(?P<stem>.*)-rank-\d+\.pt$")
+RANK_FILE = re.compile(rf"^(?P<stem>.*){RANK_SUFFIX}\d+\.pt$")
 
 
 def check_single_file(path: Path) -> None:
@@ -25,7 +25,7 @@ def check_single_file(path: Path) -> None:
                          f"merge the rank files with `{CONSOLIDATE} {merged}` and give --path "
                          f"{merged}")
     if not path.is_file():
-        if any(path.parent.glob(f"{path.stem}-rank-*.pt")):
+        if any(path.parent.glob(f"{path.stem}{RANK_SUFFIX}*.pt")):
             raise FileNotFoundError(f"--path {path} does not exist, but its rank files do: merge "
                                     f"them with `{CONSOLIDATE} {path}`")
         raise FileNotFoundError(f"--path {path} does not exist")

@@ -17,7 +17,7 @@ from helpers import make_dictionary, run_on_ranks
 from torch.nn.parallel import DistributedDataParallel
 
 import fairseq_smlp
-from fairseq_smlp.trainer.checkpoints import rank_share
+from fairseq_smlp.trainer.checkpoints import parallel_experts, rank_share
 
 USER_DIR = fairseq_smlp.__path__[0]
 WORLD, STEPS, BATCH, TOKENS_PER_SAMPLE, VOCAB = 2, 2, 3, 20, 40
@@ -100,7 +100,7 @@ def check_a_rank_refuses_another_ranks_file(trainer, rank):
     """What rank 0 saves holds the shared weights and rank 0's experts; rank 1 must not load
     it as its own (it raises before any exchange, so rank 0 only sends)."""
     model = trainer.get_model()
-    share = [rank_share(model.state_dict(), model, "a run") if rank == 0 else None]
+    share = [rank_share(model.state_dict(), parallel_experts(model), "a run") if rank == 0 else None]
     dist.broadcast_object_list(share, src=0)
     if rank == 1:
         with pytest.raises(ValueError, match="holds the experts of rank 0, not those of rank 1"):
