@@ -62,16 +62,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_together(commands):
+    """Run the commands at once (each is small next to the GPU) and return their outputs in order;
+    exit with the output of the first that fails."""
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for command in commands]
+    outputs = [process.communicate()[0] for process in processes]
+    for command, process, output in zip(commands, processes, outputs):
+        if process.returncode != 0:
+            sys.exit(f"{' '.join(command[:4])} ... failed:\n{output[-4000:]}")
+    return outputs
+
+
 def run(command):
-    result = subprocess.run(command, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(command[:4])} ... failed:\n{output[-4000:]}")
-    return output
+    return run_together([command])[0]
 
 
-def train(flags):
-    return run([sys.executable, "-m", "fairseq_cli.train", *flags])
+def train_command(flags):
+    return [sys.executable, "-m", "fairseq_cli.train", *flags]
 
 
 def losses(log):
@@ -102,7 +110,12 @@ def check_arch(data, arch, gpus, experts, updates, work):
         return train_flags(data, arch, gpus, experts, max_update, save_dir) + BACKENDS[backend]
 
     print(f"{arch}: {gpus} GPU(s), {experts} experts, {updates} updates")
-    logs = {backend: train(flags(backend, updates, backend)) for backend in BACKENDS}
+    half = updates // 2
+    # The three backends and the first half of the resumed run are independent: run them at once.
+    *outputs, _ = run_together([train_command(flags(backend, updates, backend))
+                                for backend in BACKENDS]
+                               + [train_command(flags("fully_sharded", half, "resumed"))])
+    logs = dict(zip(BACKENDS, outputs))
     reference = losses(logs["legacy_ddp"])
     print("  legacy_ddp losses: " + " ".join(f"{reference[u]:.3f}" for u in sorted(reference)))
     fine = sorted(reference) == list(range(1, updates + 1))
@@ -113,9 +126,7 @@ def check_arch(data, arch, gpus, experts, updates, work):
         fine &= report(f"{backend} against legacy_ddp",
                        largest_difference(losses(logs[backend]), reference))
 
-    half = updates // 2
-    train(flags("fully_sharded", half, "resumed"))
-    resumed = train(flags("fully_sharded", updates, "resumed"))
+    resumed = run(train_command(flags("fully_sharded", updates, "resumed")))
     if "Loaded checkpoint" not in resumed:
         print("  fully_sharded did not load its checkpoint when resuming: MISMATCH")
         fine = False
