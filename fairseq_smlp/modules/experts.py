@@ -37,6 +37,18 @@ class BatchedFeedForwardExperts(nn.Module):
         hidden = self.activation(torch.baddbmm(self.fc1_bias, buffer, self.fc1_weight))  # (E, C, F)
         return torch.baddbmm(self.fc2_bias, hidden, self.fc2_weight)  # (E, C, D)
 
+    def forward_chosen(self, tokens: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """(N, D) tokens, (N,) the expert of each -> (N, D): every token through its own expert,
+        whose weights are gathered for it. Reads N experts' weights where the buffer layouts
+        run all E: the cheaper way when N <= E, as in decoding one token at a time."""
+        def chosen(parameter):  # (E, ...) -> (N, ...)
+            return parameter.index_select(0, expert)
+
+        x = tokens.unsqueeze(1)  # (N, 1, D)
+        hidden = self.activation(
+            torch.baddbmm(chosen(self.fc1_bias), x, chosen(self.fc1_weight)))  # (N, 1, F)
+        return torch.baddbmm(chosen(self.fc2_bias), hidden, chosen(self.fc2_weight)).squeeze(1)
+
     def forward_packed(self, rows: torch.Tensor, group_end: torch.Tensor) -> torch.Tensor:
         """(M, D) -> (M, D): expert e applied to rows [group_end[e - 1], group_end[e]), with
         group_end[-1] = M."""

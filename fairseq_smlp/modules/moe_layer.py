@@ -8,9 +8,10 @@ from torch import nn
 
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
 from .expert_load import load_cv
-from .experts import packed_experts_supported
+from .experts import BatchedFeedForwardExperts, packed_experts_supported
+from .gates import Routing
 from .grouping import group_counts
-from .moe_dispatch import combine, dispatch, route
+from .moe_dispatch import Routes, combine, dispatch, route
 
 
 class MoELayer(nn.Module):
@@ -48,19 +49,19 @@ class MoELayer(nn.Module):
     def forward(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         tokens = x.reshape(-1, x.size(-1))  # (S, D)
         routing = self.gate(tokens, self.token_ids if token_ids is None else token_ids)
-        if not self.placement.is_parallel and packed_experts_supported(self.experts, tokens):
-            routes = route(routing.expert_index, self.num_experts, routing.capacity, packed=True)
-            expert_output = self.experts.forward_packed(dispatch(tokens, routes), routes.group_end)
+        if self.runs_choices_directly(routing):
+            output = self.run_choices(tokens, routing)
+            kept = routing.expert_index >= 0
         else:
-            capacity = routing.capacity
-            if capacity is None:  # the largest load: read back to size the padded buffer
-                load = group_counts(routing.expert_index.reshape(-1), self.num_experts)
-                capacity = max(1, int(load.max()))
-            capacity, = group_max([capacity], self.placement, tokens.device)
-            routes = route(routing.expert_index, self.num_experts, capacity)
-            expert_output = run_experts(dispatch(tokens, routes), self.experts, self.placement)
-        output = combine(expert_output, routes, routing.weight)  # (S, D)
-        kept = routes.slot >= 0
+            routes = self.route(tokens, routing)
+            if routes.group_end is not None:
+                expert_output = self.experts.forward_packed(dispatch(tokens, routes),
+                                                            routes.group_end)
+            else:
+                expert_output = run_experts(dispatch(tokens, routes), self.experts,
+                                            self.placement)
+            output = combine(expert_output, routes, routing.weight)  # (S, D)
+            kept = routes.slot >= 0
         chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed
         self.gate_loss = routing.aux_loss
         self.last_assignment = routing.expert_index
@@ -70,3 +71,32 @@ class MoELayer(nn.Module):
             **routing.stats,
         }
         return output.view_as(x)
+
+    def runs_choices_directly(self, routing: Routing) -> bool:
+        """Whether to skip the buffers and run each choice through its expert's gathered
+        weights: when no choice can be dropped (no capacity), the experts are all here, and the
+        choices are no more than the experts (decoding a few tokens at a time)."""
+        return (routing.capacity is None and not self.placement.is_parallel
+                and isinstance(self.experts, BatchedFeedForwardExperts)
+                and routing.expert_index.numel() <= self.num_experts)
+
+    def run_choices(self, tokens: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """(S, D) -> (S, D): the weighted sum of each token's choices, computed choice by choice."""
+        expert = routing.expert_index  # (S, k)
+        k = expert.size(1)
+        inputs = tokens.unsqueeze(1).expand(-1, k, -1).reshape(-1, tokens.size(1))  # (S k, D)
+        outputs = self.experts.forward_chosen(inputs, expert.reshape(-1).clamp_min(0))
+        weight = routing.weight * (expert >= 0).to(routing.weight.dtype)  # (S, k)
+        return torch.einsum("skd,sk->sd", outputs.view(*expert.shape, -1), weight)
+
+    def route(self, tokens: torch.Tensor, routing: Routing) -> Routes:
+        """Buffer rows for the choices: packed where the experts take packed groups, else padded
+        to the gate's capacity (or the largest load), the same on every rank of the group."""
+        if not self.placement.is_parallel and packed_experts_supported(self.experts, tokens):
+            return route(routing.expert_index, self.num_experts, routing.capacity, packed=True)
+        capacity = routing.capacity
+        if capacity is None:  # the largest load: read back to size the padded buffer
+            load = group_counts(routing.expert_index.reshape(-1), self.num_experts)
+            capacity = max(1, int(load.max()))
+        capacity, = group_max([capacity], self.placement, tokens.device)
+        return route(routing.expert_index, self.num_experts, capacity)

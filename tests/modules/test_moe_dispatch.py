@@ -98,3 +98,36 @@ def test_packed_experts_equal_padded_experts(monkeypatch, name, training):
         results.append((out, *grads))
     for padded, packed in zip(*results):
         torch.testing.assert_close(packed, padded)
+
+
+@pytest.mark.parametrize("name", ["top1", "top2", "balanced", "hash"])
+def test_a_few_tokens_skip_the_buffers_and_get_what_the_buffers_give(name):
+    """Without a capacity (inference; hash routing always) a token's output depends on its own
+    choices alone, so two tokens run choice by choice through gathered expert weights (k choices
+    each, no more than the experts) must get the rows that a batch of 12 holding them gets from
+    the buffer path, and the same gradients (hash trains without a capacity)."""
+    num_experts, dim, vocab = 4, 8, 50
+    gates = {
+        "top1": lambda: TopKGate(dim, num_experts, 1),
+        "top2": lambda: TopKGate(dim, num_experts, 2, second_expert_policy="all"),
+        "balanced": lambda: BalancedGate(dim, num_experts),
+        "hash": lambda: HashGate(vocab, num_experts, seed=3),
+    }
+    torch.manual_seed(0)
+    layer = MoELayer(gates[name](), BatchedFeedForwardExperts(num_experts, dim, 16),
+                     num_experts).train(name == "hash")
+    x = torch.randn(12, dim)
+    token_ids = torch.randint(vocab, (12,))
+    probe = torch.randn(2, dim)
+    results = []
+    for rows in (2, 12):
+        routing = layer.gate(x[:rows], token_ids[:rows])
+        assert layer.runs_choices_directly(routing) == (rows == 2)
+        out = layer(x[:rows], token_ids[:rows])
+        grads = torch.autograd.grad((out[:2] * probe).sum(), list(layer.parameters()),
+                                    allow_unused=True)
+        results.append((out[:2], layer.last_assignment[:2], *grads))
+    for direct, buffered in zip(*results):
+        if direct is not None:
+            torch.testing.assert_close(direct, buffered)
+    assert float(layer.stats["dropped"]) == 0.0
