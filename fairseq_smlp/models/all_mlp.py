@@ -64,6 +64,11 @@ class AllMlpDecoder(FairseqIncrementalDecoder):
             self.output_projection.weight = self.embed_tokens.weight
         else:
             nn.init.normal_(self.output_projection.weight, std=args.decoder_embed_dim**-0.5)
+        # Read at every decoding step, so found once: the blocks do not change.
+        self._gating_units = [unit for unit in blocks.modules()
+                              if isinstance(unit, SpatialGatingUnit)]
+        self._decodes_incrementally = all(unit.decodes_incrementally
+                                          for unit in self._gating_units)
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
@@ -71,21 +76,28 @@ class AllMlpDecoder(FairseqIncrementalDecoder):
 
     @property
     def decodes_incrementally(self) -> bool:
-        return all(unit.decodes_incrementally for unit in self.modules()
-                   if isinstance(unit, SpatialGatingUnit))
+        return self._decodes_incrementally
 
     def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None,
                          **kwargs):
         check_context(prev_output_tokens.size(1), self.max_target_positions, "the input")
-        if incremental_state is not None and self.decodes_incrementally:
+        decoding = incremental_state is not None
+        if decoding and self.decodes_incrementally:
             prev_output_tokens = prev_output_tokens[:, -1:]  # the past is in the units' state
         else:
             incremental_state = None
         x = self.dropout(self.embed_tokens(prev_output_tokens))  # (B, L, D)
         for block in self.blocks:
             x = block(x, incremental_state)
-        # "attn": fairseq's SequenceGenerator reads it; there is no attention to report.
-        return self.final_norm(x), {"attn": [None], "routing_stats": routing_stats(self.blocks)}
+        # "attn": fairseq's SequenceGenerator reads it; there is no attention to report. The
+        # routing figures of a decoding step are left out: nothing logs them.
+        stats = {} if decoding else routing_stats(self.blocks)
+        return self.final_norm(x), {"attn": [None], "routing_stats": stats}
+
+    def reorder_incremental_state_scripting(self, incremental_state, new_order) -> None:
+        """Beam search's reordering, called at every step: fairseq's walks every module."""
+        for unit in self._gating_units:
+            unit.reorder_incremental_state(incremental_state, new_order)
 
     def output_layer(self, features, **kwargs):
         return self.output_projection(features)

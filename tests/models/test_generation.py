@@ -9,6 +9,7 @@ from fairseq.sequence_generator import SequenceGenerator
 from helpers import build_model, make_dictionary
 
 from fairseq_smlp.models.all_mlp import AllMlpDecoder
+from fairseq_smlp.modules.spatial_gating import INITIAL_ROWS
 
 ARCHS = {
     "gmlp_lm_tiny": {},
@@ -35,18 +36,18 @@ def greedy_by_hand(model, dictionary, prompt, steps):
     return tokens[0, 1:].tolist(), every.gather(1, tokens[0, 1:, None]).squeeze(1)
 
 
-def randomized(arch):
+def randomized(arch, context=16):
     torch.manual_seed(0)
-    model = build_model(arch, tokens_per_sample=16, decoder_layers=2, **ARCHS[arch]).eval()
+    model = build_model(arch, tokens_per_sample=context, decoder_layers=2, **ARCHS[arch]).eval()
     with torch.no_grad():  # away from the near-identity initialisation, which repeats tokens
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter))
     return model
 
 
-def generate(model, dictionary, prompt, beam):
+def generate(model, dictionary, prompt, beam, new=NEW):
     generator = SequenceGenerator([model], dictionary, beam_size=beam, max_len_a=1,
-                                  max_len_b=NEW, min_len=PROMPT + NEW)
+                                  max_len_b=new, min_len=PROMPT + new)
     sample = {"net_input": {"src_tokens": prompt, "src_lengths": torch.tensor([PROMPT])}}
     return generator.generate([model], sample, prefix_tokens=prompt)[0]
 
@@ -66,13 +67,15 @@ def test_greedy_generation_is_the_argmax_of_full_forward_passes(arch):
 
 
 @pytest.mark.parametrize("arch", sorted(INCREMENTAL))
-def test_beam_search_is_the_same_incremental_or_not(arch, monkeypatch):
+@pytest.mark.parametrize("new", [NEW, 2 * INITIAL_ROWS])
+def test_beam_search_is_the_same_incremental_or_not(arch, new, monkeypatch):
+    """Beams reorder the kept past at every step; past INITIAL_ROWS positions its buffer grows."""
     dictionary = make_dictionary(40)
-    model = randomized(arch)
+    model = randomized(arch, context=PROMPT + new + 1)
     prompt = torch.randint(4, 44, (1, PROMPT))
-    incremental = generate(model, dictionary, prompt, beam=3)
+    incremental = generate(model, dictionary, prompt, beam=3, new=new)
     monkeypatch.setattr(AllMlpDecoder, "decodes_incrementally", property(lambda self: False))
-    recomputed = generate(model, dictionary, prompt, beam=3)
+    recomputed = generate(model, dictionary, prompt, beam=3, new=new)
     for a, b in zip(incremental, recomputed):
         assert a["tokens"].tolist() == b["tokens"].tolist()
         torch.testing.assert_close(a["positional_scores"], b["positional_scores"],
