@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from fairseq.models import ARCH_MODEL_REGISTRY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import fairseq_smlp
@@ -17,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
 TOKENS_PER_SAMPLE = 64
 PARTIAL_CONTEXT = 13  # 64 - floor(0.8 * 64)
+PROMPT = "The state of the union is"
+GENERATED = 20  # pieces of a generated text, the prompt's included
 
 # arch -> (task, criterion) it trains with
 RUNS = {
@@ -30,9 +34,10 @@ RUNS = {
 }
 
 
-def run(*command, check=True):
+def run(*command, check=True, stdin=None):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                            input=stdin)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -164,3 +169,73 @@ def test_tensorboard_receives_the_losses_and_the_routing_figures(checkpoints):
     scalars = events.Tags()["scalars"]
     assert {"loss", "layer1.tmoe.load_cv", "layer1.tmoe.greedy_load_cv"} <= set(scalars)
     assert [event.step for event in events.Scalars("loss")] == [20, 40, 60, 80]
+
+
+def generation_flags(data_dir):
+    """Top-10 sampling of GENERATED pieces, no fewer, with a fixed seed."""
+    return ["--bpe", "sentencepiece", "--sentencepiece-model", str(data_dir.parent / "spm.model"),
+            "--sampling", "--sampling-topk", "10", "--beam", "1", "--max-len-a", "0",
+            "--max-len-b", str(GENERATED), "--min-len", str(GENERATED), "--seed", "1"]
+
+
+def test_interactive_writes_text_of_the_requested_length(data_dir, trained):
+    arch, checkpoint, _ = trained
+    result = run(
+        sys.executable, "-m", "fairseq_cli.interactive", str(data_dir), "--user-dir", USER_DIR,
+        "--task", RUNS[arch][0], "--tokens-per-sample", str(TOKENS_PER_SAMPLE),
+        "--path", str(checkpoint), *generation_flags(data_dir), "--cpu", "--num-workers", "0",
+        stdin=PROMPT + "\n",
+    )
+    lines = dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
+    pieces = lines["H-0"].split("\t")[1].split()
+    scores = lines["P-0"].split()
+    text = lines["D-0"].split("\t")[1]
+    assert len(pieces) == GENERATED and len(scores) == GENERATED + 1  # + end of sentence
+    assert all(math.isfinite(float(score)) for score in scores)
+    assert text.startswith(PROMPT) and len(text) > len(PROMPT) + 10, text
+
+
+def test_generate_continues_the_prompts_of_a_binarized_file(data_dir, trained):
+    """fairseq-generate on the test split: ``prefix`` pieces of each block are its prompt, and
+    every output holds GENERATED pieces that begin with them."""
+    arch, checkpoint, _ = trained
+    prefix = 4
+    result = run(
+        sys.executable, "-m", "fairseq_cli.generate", str(data_dir), "--user-dir", USER_DIR,
+        "--task", RUNS[arch][0], "--tokens-per-sample", str(TOKENS_PER_SAMPLE),
+        "--gen-subset", "test", "--prefix-size", str(prefix), "--path", str(checkpoint),
+        *generation_flags(data_dir), "--batch-size", "8", "--cpu", "--num-workers", "0",
+    )
+    fields = [line.split("\t") for line in result.stdout.splitlines()]
+    sources = {f[0][2:]: f[1] for f in fields if f[0].startswith("S-")}  # text
+    outputs = {f[0][2:]: f[2].split() for f in fields if f[0].startswith("H-")}  # pieces
+    assert len(outputs) >= 5 and outputs.keys() == sources.keys(), result.stdout[-2000:]
+    for i, pieces in outputs.items():
+        prompt = "".join(pieces[:prefix]).replace("\u2581", "")  # the word-start marker
+        assert len(pieces) == GENERATED and prompt in sources[i].replace(" ", "")
+
+
+def test_hub_interface_samples_and_scores(data_dir, trained):
+    """from_pretrained, then sample: the requested length, decoded to text; score: the model's
+    own log-probabilities of the text, as a forward pass gives them."""
+    arch, checkpoint, _ = trained
+    lm = ARCH_MODEL_REGISTRY[arch].from_pretrained(
+        str(checkpoint.parent), checkpoint.name, str(data_dir), bpe="sentencepiece",
+        sentencepiece_model=str(data_dir.parent / "spm.model"),
+    ).eval()
+    torch.manual_seed(1)
+    hypo = lm.generate(lm.encode(PROMPT), beam=1, sampling=True, sampling_topk=10, max_len_a=0,
+                       max_len_b=GENERATED, min_len=GENERATED)[0]
+    assert len(hypo["tokens"]) == GENERATED + 1  # + end of sentence
+    text = lm.decode(hypo["tokens"])
+    assert text.startswith(PROMPT) and len(text) > len(PROMPT) + 10, text
+    assert lm.sample(PROMPT, sampling=True, sampling_topk=10).startswith(PROMPT)
+
+    scored = lm.score(text)
+    model, dictionary = lm.models[0], lm.task.target_dictionary
+    tokens = scored["tokens"]  # (L,)
+    inputs = torch.cat([tokens.new_tensor([dictionary.eos()]), tokens[:-1]])[None]  # (1, L)
+    with torch.no_grad():
+        log_probs = model.get_normalized_probs(model(inputs), log_probs=True)[0]  # (L, V)
+    torch.testing.assert_close(scored["positional_scores"],
+                               log_probs.gather(1, tokens[:, None]).squeeze(1))

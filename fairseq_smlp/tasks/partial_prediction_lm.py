@@ -53,3 +53,13 @@ class PartialPredictionLMTask(LanguageModelingTask):
                 f"whole blocks (each already keeps its first {self.context} positions as context)"
             )
         return super().eval_lm_dataloader(dataset, *args, context_window=context_window, **kwargs)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """fairseq-generate's --prefix-size takes each prompt from the target, which this task
+        pads over the context positions; such a prompt is read from the source instead, which
+        the target runs one position ahead of."""
+        if prefix_tokens is not None and prefix_tokens.eq(self.source_dictionary.pad()).any():
+            source = sample["net_input"]["src_tokens"]  # (B, T)
+            prefix_tokens = source[:, 1:1 + prefix_tokens.size(1)]
+        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                      constraints=constraints)
