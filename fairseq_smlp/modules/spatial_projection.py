@@ -52,8 +52,10 @@ class CausalSpatialProjection(nn.Module):
         """The output at the last of the t positions of ``past`` (B, t, H), which is all it
         reads: (B, 1, H). One step of incremental decoding, O(t H) work."""
         batch, length, width = past.shape
-        chunks = past.view(batch, length, self.num_maps, width // self.num_maps)  # (B, t, G, C)
         row = self.weight[:, length - 1, :length]  # (G, t): s <= t - 1, inside the triangle
+        if self.num_maps == 1:  # a plain product, several times cheaper to launch than einsum
+            return torch.matmul(row, past) + self.bias[0, length - 1]  # (B, 1, H)
+        chunks = past.view(batch, length, self.num_maps, width // self.num_maps)  # (B, t, G, C)
         mixed = torch.einsum("gs,bsgc->bgc", row, chunks) + self.bias[:, length - 1, None]
         return mixed.reshape(batch, 1, width)
 

@@ -10,6 +10,7 @@ from helpers import build_model, make_dictionary
 
 from fairseq_smlp.models.all_mlp import AllMlpDecoder
 from fairseq_smlp.modules.spatial_gating import INITIAL_ROWS
+from fairseq_smlp.partial_prediction import context_length
 
 ARCHS = {
     "gmlp_lm_tiny": {},
@@ -80,3 +81,26 @@ def test_beam_search_is_the_same_incremental_or_not(arch, new, monkeypatch):
         assert a["tokens"].tolist() == b["tokens"].tolist()
         torch.testing.assert_close(a["positional_scores"], b["positional_scores"],
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_smlp_partial_decodes_a_prompt_shorter_than_its_routing_context():
+    """A prefix shorter than P is routed on what there is; from P positions on, the routing is
+    fixed, so a longer input leaves the outputs of earlier positions as they were; and greedy
+    decoding from a 2-token prompt writes what full forward passes pick."""
+    dictionary = make_dictionary(40)
+    model = randomized("smlp_partial_tiny")
+    context = context_length(16, ARCHS["smlp_partial_tiny"]["prediction_fraction"])
+    assert 2 < context < 16
+    tokens = torch.randint(4, 44, (1, 16))
+    with torch.no_grad():
+        full = model(tokens)[0]
+        for length in range(context, 16):
+            torch.testing.assert_close(model(tokens[:, :length])[0], full[:, :length],
+                                       rtol=1e-4, atol=1e-4)
+    prompt = tokens[:, :2]
+    generator = SequenceGenerator([model], dictionary, beam_size=1, max_len_a=1, max_len_b=NEW,
+                                  min_len=2 + NEW)
+    sample = {"net_input": {"src_tokens": prompt, "src_lengths": torch.tensor([2])}}
+    best = generator.generate([model], sample, prefix_tokens=prompt)[0][0]
+    assert best["tokens"].tolist() == greedy_by_hand(model, dictionary, prompt, NEW)[0] + [
+        dictionary.eos()]
