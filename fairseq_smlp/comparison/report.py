@@ -147,8 +147,21 @@ def choose_reference(runs: Dict[str, Run], reference: Optional[str]) -> Optional
 
 
 def seconds_to_reach(valid: Sequence[ValidPoint], ppl: float) -> Optional[float]:
-    """When the first validation at or below `ppl` was reached; None when none was."""
-    return next((point.seconds for point in valid if point.ppl <= ppl), None)
+    """When the run reached perplexity ``ppl``: interpolated linearly in log-perplexity between
+    the last validation above it and the first at or below it (the time of the first validation
+    when that one is already there); None when no validation reached it."""
+    for index, point in enumerate(valid):
+        if point.ppl <= ppl:
+            break
+    else:
+        return None
+    if index == 0:
+        return point.seconds
+    before = valid[index - 1]
+    if not math.isfinite(before.ppl):
+        return point.seconds
+    share = math.log(before.ppl / ppl) / math.log(before.ppl / point.ppl)
+    return before.seconds + share * (point.seconds - before.seconds)
 
 
 def summarize(runs: Dict[str, Run], reference: Optional[str] = None) -> Report:
@@ -257,9 +270,10 @@ def notes(report: Report) -> List[str]:
     ]
     if report.reference:
         text.append(
-            f"Time to ppl {report.reference_ppl:.2f}: the wall-clock at the first validation at "
-            f"or below {report.reference}'s final validation perplexity ({NEVER}: never); "
-            f"speed-up: {report.reference}'s time to that perplexity over the system's."
+            f"Time to ppl {report.reference_ppl:.2f}: the wall-clock at which the run reached "
+            f"{report.reference}'s final validation perplexity, interpolated in log-perplexity "
+            f"between the validations around it ({NEVER}: never); speed-up: "
+            f"{report.reference}'s time to that perplexity over the system's."
         )
     else:
         text.append(

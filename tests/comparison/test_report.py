@@ -13,7 +13,7 @@ import pytest
 from matplotlib import image
 
 from fairseq_smlp.comparison.report import (
-    ReportError, human_count, human_duration, main, read_train_log,
+    ReportError, ValidPoint, human_count, human_duration, main, read_train_log, seconds_to_reach,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,8 +137,10 @@ def test_table_holds_the_hand_computed_numbers_in_perplexity_order(runs_dir, tmp
         "tokens/s": "16,718",  # 2048 * 400 tokens / 49 s
         "params (total)": "3.5M", "params (active)": "1.1M", "train MFLOPs/token": "2.52",
         "wall-clock": "49s",
-        reach: "30s",  # ppl 49.5 at update 250: halfway between 24 s (200) and 36 s (300)
-        "speed-up": "2.07x",  # 62 s / 30 s
+        # ppl 70 at update 150 (18 s, halfway between 12 s and 24 s), 49.5 at update 250 (30 s):
+        # 50 is ln(70 / 50) / ln(70 / 49.5) = 0.9711 of the way, at 29.65 s
+        reach: "30s",
+        "speed-up": "2.09x",  # 62 s / 29.65 s
     }
     assert transformer == {
         "system": "transformer", "arch": "transformer_lm", "valid ppl (final)": "50.00",
@@ -160,6 +162,17 @@ def test_table_holds_the_hand_computed_numbers_in_perplexity_order(runs_dir, tmp
     assert f"Written {date.today().isoformat()}." in markdown
 
 
+def test_time_to_a_perplexity_is_interpolated_in_log_perplexity():
+    curve = [ValidPoint(100, 10.0, 1000.0), ValidPoint(200, 20.0, 100.0),
+             ValidPoint(300, 40.0, 10.0)]
+    assert seconds_to_reach(curve, 1000.0) == 10.0  # already there at the first validation
+    assert seconds_to_reach(curve, 2000.0) == 10.0
+    assert seconds_to_reach(curve, math.sqrt(1000 * 100)) == pytest.approx(15.0)
+    assert seconds_to_reach(curve, 10 ** 1.25) == pytest.approx(35.0)  # 3/4 from 100 to 10
+    assert seconds_to_reach(curve, 10.0) == 40.0
+    assert seconds_to_reach(curve, 9.9) is None
+
+
 def test_results_json_holds_the_same_numbers_and_the_curves(runs_dir):
     main([str(runs_dir)])
     results = json.loads((runs_dir / "results.json").read_text())
@@ -170,8 +183,9 @@ def test_results_json_holds_the_same_numbers_and_the_curves(runs_dir):
     assert transformer["train_tokens"] == 2000 * 300 + 2048 * 300
     assert transformer["tokens_per_second"] == pytest.approx((2000 * 300 + 2048 * 300) / 63)
     assert transformer["train_seconds"] == 63
-    assert deterministic["seconds_to_reference"] == pytest.approx(30)
-    assert deterministic["speedup"] == pytest.approx(62 / 30)
+    reached = 18 + math.log(70 / 50) / math.log(70 / 49.5) * 12  # ppl 50 between 18 s and 30 s
+    assert deterministic["seconds_to_reference"] == pytest.approx(reached)
+    assert deterministic["speedup"] == pytest.approx(62 / reached)
     assert [(p["num_updates"], p["seconds"], p["ppl"]) for p in deterministic["valid"]] == [
         (150, 18.0, 70.0), (250, 30.0, 49.5), (400, 48.0, 45.0)
     ]
