@@ -7,8 +7,9 @@ Target (deterministic sMoE): within 1.2x of the dense projection at any expert c
 """
 
 import argparse
+import functools
 import time
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 from torch import nn
@@ -20,30 +21,38 @@ from fairseq_smlp.modules.tmoe import TokenMoE
 from fairseq_smlp.partial_prediction import DEFAULT_PREDICTION_FRACTION, context_length
 
 
+def time_in_turns(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int = 3,
+                  cuda: bool = False) -> Dict[str, float]:
+    """Seconds of each step, the fastest of ``repeats`` after ``warmup`` untimed calls. The steps
+    take turns, one call each per round, so that a slow spell of a shared machine (which moved
+    one module's median by 20-30% between runs here) falls on all of them alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    best = {name: float("inf") for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def time_side_by_side(cases: Dict[str, Tuple[nn.Module, torch.Tensor]],
                       repeats: int) -> Dict[str, float]:
-    """Seconds of one forward + backward pass of each (module, input), the fastest of ``repeats``.
-    The cases take turns, one pass each per round, so that a slow spell of a shared machine (which
-    moved one module's median by 20-30% between runs here) falls on all of them alike."""
+    """Seconds of one forward + backward pass of each (module, input), timed in turns."""
 
     def step(module, x):
         module.zero_grad(set_to_none=True)
         module(x).float().square().mean().backward()
 
-    for module, x in cases.values():
-        for _ in range(3):
-            step(module, x)
-    best = {name: float("inf") for name in cases}
-    for _ in range(repeats):
-        for name, (module, x) in cases.items():
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step(module, x)
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+    steps = {name: functools.partial(step, module, x) for name, (module, x) in cases.items()}
+    cuda = any(x.is_cuda for _, x in cases.values())
+    return time_in_turns(steps, repeats, cuda=cuda)
 
 
 class DenseFeedForward(nn.Module):
