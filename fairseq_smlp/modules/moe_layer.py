@@ -1,5 +1,6 @@
 """An MoE layer: gate -> dispatch -> experts -> combine, for any gate of gates.py, with its
-experts optionally spread over ranks (expert parallelism, distributed/expert_placement.py)."""
+experts optionally spread over ranks (expert parallelism, distributed/expert_placement.py); a few
+tokens that nothing can drop (decoding) skip the buffers and run choice by choice."""
 
 from typing import Dict, Optional
 
@@ -87,7 +88,7 @@ class MoELayer(nn.Module):
         inputs = tokens.unsqueeze(1).expand(-1, k, -1).reshape(-1, tokens.size(1))  # (S k, D)
         outputs = self.experts.forward_chosen(inputs, expert.reshape(-1).clamp_min(0))
         weight = routing.weight * (expert >= 0).to(routing.weight.dtype)  # (S, k)
-        return torch.einsum("skd,sk->sd", outputs.view(*expert.shape, -1), weight)
+        return torch.einsum("skd,sk->sd", outputs.view(*expert.shape, tokens.size(1)), weight)
 
     def route(self, tokens: torch.Tensor, routing: Routing) -> Routes:
         """Buffer rows for the choices: packed where the experts take packed groups, else padded
