@@ -30,6 +30,8 @@ class Routing:
     capacity: Optional[int]  # slots per expert; None: as many as the largest load
     aux_loss: Optional[torch.Tensor] = None  # load-balancing loss, for gates that have one
     stats: Dict[str, torch.Tensor] = field(default_factory=dict)
+    # The weights are renormalised to sum to 1 over the choices kept after capacity (top-2).
+    normalize_kept: bool = False
 
 
 def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor) -> torch.Tensor:
@@ -55,9 +57,11 @@ class TopKGate(nn.Module):
 
     Capacity per expert in training is ceil(capacity_factor * k * ceil(S / E)) (GShard's
     2 * ceil(S / E) for k = 2 and factor 1). Top-2 weights are the two probabilities renormalised
-    to sum to 1. The second expert follows the policy: 'all' always uses it, 'sampling' picks it
-    by sampling (Gumbel noise on the logits, training only), 'random' keeps it with probability
-    2 * its weight and otherwise withdraws it, taking no slot (training only).
+    to sum to 1 over the choices that capacity kept, as fairseq's MoE layers do by default: a
+    token whose second choice was dropped keeps weight 1 on its first. The second expert follows
+    the policy: 'all' always uses it, 'sampling' picks it by sampling (Gumbel noise on the logits,
+    training only), 'random' keeps it with probability 2 * its probability and otherwise
+    withdraws it, taking no slot (training only).
     """
 
     def __init__(self, embed_dim: int, num_experts: int, k: int, capacity_factor: float = 1.0,
@@ -92,7 +96,8 @@ class TopKGate(nn.Module):
             capacity = math.ceil(self.capacity_factor * self.k * fair_share)
         else:
             capacity = None
-        return Routing(expert_index, weight.to(tokens.dtype), capacity, aux_loss, stats)
+        return Routing(expert_index, weight.to(tokens.dtype), capacity, aux_loss, stats,
+                       normalize_kept=self.k == 2)
 
     def second_choice(self, logits, probs, first):
         masked = logits.scatter(1, first.unsqueeze(1), float("-inf"))
@@ -102,8 +107,7 @@ class TopKGate(nn.Module):
         else:
             second = masked.max(-1).indices
         expert_index = torch.stack([first, second], dim=1)  # (S, 2)
-        weight = probs.gather(1, expert_index)
-        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-9)
+        weight = probs.gather(1, expert_index)  # (S, 2), renormalised once capacity has run
         if self.training and self.second_expert_policy == "random":
             keep = torch.rand_like(weight[:, 1]) < 2 * weight[:, 1]
             # A new tensor: the gather above keeps expert_index for its backward pass.

@@ -29,8 +29,9 @@ class MoELayer(nn.Module):
     stats_name = "moe"
 
     def __init__(self, gate: nn.Module, experts: nn.Module, num_experts: int,
-                 placement: Optional[ExpertPlacement] = None):
+                 placement: Optional[ExpertPlacement] = None, time_major: bool = False):
         super().__init__()
+        self.time_major = time_major
         self.placement = placement or ExpertPlacement(num_experts)
         if self.placement.num_experts != num_experts:
             raise ValueError(
@@ -48,21 +49,32 @@ class MoELayer(nn.Module):
         self.stats: Dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        tokens = x.reshape(-1, x.size(-1))  # (S, D)
+        """(..., D) -> (..., D), tokens served in the order of the rows: sequence by sequence
+        for (B, T, D). A layer built ``time_major`` (inside fairseq's decoder) takes (T, B, D)
+        and serves it sequence by sequence all the same, so that capacity drops whole trailing
+        sequences, as fairseq's MoE layers do, rather than the last positions of every sequence;
+        its ``token_ids`` are (B, T)."""
+        if self.time_major:
+            return self.route_and_run(x.transpose(0, 1), token_ids).transpose(0, 1)
+        return self.route_and_run(x, token_ids)
+
+    def route_and_run(self, x: torch.Tensor, token_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        tokens = x.reshape(-1, x.size(-1))  # (S, D), batch-major
         routing = self.gate(tokens, self.token_ids if token_ids is None else token_ids)
         if self.runs_choices_directly(routing):
-            output = self.run_choices(tokens, routing)
             kept = routing.expert_index >= 0
+            output = self.run_choices(tokens, routing.expert_index,
+                                      combine_weight(routing, kept))
         else:
             routes = self.route(tokens, routing)
+            kept = routes.slot >= 0
             if routes.group_end is not None:
                 expert_output = self.experts.forward_packed(dispatch(tokens, routes),
                                                             routes.group_end)
             else:
                 expert_output = run_experts(dispatch(tokens, routes), self.experts,
                                             self.placement)
-            output = combine(expert_output, routes, routing.weight)  # (S, D)
-            kept = routes.slot >= 0
+            output = combine(expert_output, routes, combine_weight(routing, kept))  # (S, D)
         chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed
         self.gate_loss = routing.aux_loss
         self.last_assignment = routing.expert_index
@@ -81,13 +93,13 @@ class MoELayer(nn.Module):
                 and isinstance(self.experts, BatchedFeedForwardExperts)
                 and routing.expert_index.numel() <= self.num_experts)
 
-    def run_choices(self, tokens: torch.Tensor, routing: Routing) -> torch.Tensor:
-        """(S, D) -> (S, D): the weighted sum of each token's choices, computed choice by choice."""
-        expert = routing.expert_index  # (S, k)
+    def run_choices(self, tokens: torch.Tensor, expert: torch.Tensor,
+                    weight: torch.Tensor) -> torch.Tensor:
+        """(S, D) tokens, (S, k) experts and weights (0 for withdrawn choices) -> (S, D): the
+        weighted sum of each token's choices, computed choice by choice."""
         k = expert.size(1)
         inputs = tokens.unsqueeze(1).expand(-1, k, -1).reshape(-1, tokens.size(1))  # (S k, D)
         outputs = self.experts.forward_chosen(inputs, expert.reshape(-1).clamp_min(0))
-        weight = routing.weight * (expert >= 0).to(routing.weight.dtype)  # (S, k)
         return torch.einsum("skd,sk->sd", outputs.view(*expert.shape, tokens.size(1)), weight)
 
     def route(self, tokens: torch.Tensor, routing: Routing) -> Routes:
@@ -101,3 +113,12 @@ class MoELayer(nn.Module):
             capacity = max(1, int(load.max()))
         capacity, = group_max([capacity], self.placement, tokens.device)
         return route(routing.expert_index, self.num_experts, capacity)
+
+
+def combine_weight(routing: Routing, kept: torch.Tensor) -> torch.Tensor:
+    """(S, k) the weight of each choice in the output: the gate's, 0 where the choice was
+    dropped or withdrawn, renormalised over the kept choices where the gate asks for it."""
+    weight = routing.weight * kept.to(routing.weight.dtype)
+    if routing.normalize_kept:
+        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-9)
+    return weight

@@ -64,9 +64,10 @@ def test_top2_all_policy_against_a_hand_computation():
     probs = [softmax_row(row) for row in tokens.tolist()]
     pairs = [sorted(range(E), key=lambda e: -p[e])[:2] for p in probs]
     assert routing.expert_index.tolist() == pairs
-    want = [[p[a] / (p[a] + p[b]), p[b] / (p[a] + p[b])] for p, (a, b) in zip(probs, pairs)]
+    # The two probabilities; the layer renormalises them over the choices capacity keeps.
+    want = [[p[a], p[b]] for p, (a, b) in zip(probs, pairs)]
     torch.testing.assert_close(routing.weight, torch.tensor(want))
-    assert routing.capacity == 2 * math.ceil(S / E)
+    assert routing.normalize_kept and routing.capacity == 2 * math.ceil(S / E)
 
 
 def test_top2_layer_equals_a_per_token_loop_with_first_choices_first():
@@ -77,7 +78,7 @@ def test_top2_layer_equals_a_per_token_loop_with_first_choices_first():
     out = layer(tokens)
     routing = layer.gate(tokens)
     capacity = routing.capacity  # ceil(0.5 * 2 * 2) = 2
-    load, want = [0] * E, torch.zeros_like(tokens)
+    load, kept = [0] * E, [[] for _ in range(S)]  # kept[s]: (probability, expert output)
     for choice in range(2):
         for s in range(S):
             e = int(routing.expert_index[s, choice])
@@ -85,7 +86,11 @@ def test_top2_layer_equals_a_per_token_loop_with_first_choices_first():
                 load[e] += 1
                 hidden = experts.activation(tokens[s] @ experts.fc1_weight[e] + experts.fc1_bias[e, 0])
                 ffn = hidden @ experts.fc2_weight[e] + experts.fc2_bias[e, 0]
-                want[s] += routing.weight[s, choice] * ffn
+                kept[s].append((float(routing.weight[s, choice]), ffn))
+    # The kept choices' probabilities renormalised to sum to 1: weight 1 where one choice is left.
+    want = torch.stack([sum(p * ffn for p, ffn in choices) / sum(p for p, _ in choices)
+                        if choices else torch.zeros(D) for choices in kept])
+    assert any(len(choices) == 1 for choices in kept)  # where the two rules differ
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
 
 
