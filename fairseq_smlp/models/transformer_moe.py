@@ -122,7 +122,7 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
                 args.moe_expert_count, args.decoder_embed_dim, expert_ffn_dim(args), activation,
             )
             moe = MoELayer(build_gate(args, len(task.source_dictionary)), experts,
-                           args.moe_expert_count, placement)
+                           args.moe_expert_count, placement, time_major=True)
             # Wrapped as fairseq's TransformerDecoderBase.build_decoder_layer wraps its layers.
             layer = MoEDecoderLayer(cfg, moe)
             if cfg.checkpoint_activations:
@@ -146,7 +146,7 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
     def hand_token_ids(self, embed_tokens, args):
         tokens = args[0]  # (B, L)
         for moe in self.moe_layers():
-            moe.token_ids = tokens.t()  # (L, B): the decoder runs time-major
+            moe.token_ids = tokens  # (B, L): the layer routes batch-major
             # A layer that --decoder-layerdrop skips must not report its previous forward.
             moe.gate_loss, moe.stats = None, {}
 

@@ -79,7 +79,7 @@ def test_hash_routing_follows_token_ids_and_survives_a_checkpoint(tmp_path):
     tokens = torch.randint(4, 40, (2, 16))
     logits = model(tokens)[0]
     moe = model.decoder.layers[1].fc2
-    expected = moe.gate.token_to_expert[tokens.t().reshape(-1)]  # time-major, as the decoder
+    expected = moe.gate.token_to_expert[tokens.reshape(-1)]  # batch-major, as the layer routes
     assert torch.equal(moe.last_assignment[:, 0], expected)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     other = tiny("transformer_lm_hash_tiny", moe_hash_seed=4).eval()
@@ -132,3 +132,20 @@ def test_bad_settings_name_the_flag():
     with pytest.raises(ValueError, match="--moe-expert-ffn-dim must be positive, or 0 for "
                                          "--decoder-ffn-embed-dim; got -8"):
         tiny("transformer_lm_gshard_tiny", moe_expert_ffn_dim=-8)
+
+
+def test_capacity_drops_whole_trailing_sequences():
+    """fairseq's decoder runs time-major; its MoE layers serve tokens sequence by sequence. All
+    24 tokens of 3 sequences of 8 prefer expert 0, whose capacity holds 8: the first sequence,
+    whole, and no token of the others (not the first positions of every sequence)."""
+    model = tiny("transformer_lm_switch_tiny", moe_capacity_factor=4 / 3)
+    moe = model.decoder.layers[1].fc2
+    with torch.no_grad():
+        moe.gate.wg.weight.zero_()
+        moe.gate.wg.weight[0].fill_(1.0)
+        x = torch.rand(8, 3, moe.gate.wg.weight.size(1)) + 0.1  # (T, B, D): all prefer expert 0
+        out = moe.train()(x)
+    capacity = moe.gate(x.reshape(-1, x.size(-1))).capacity
+    assert capacity == 8  # ceil(4/3 * ceil(24 / 4)) = 8, one sequence
+    kept = out.abs().sum(-1) > 0  # (T, B): a dropped token's MoE output is zero
+    assert kept[:, 0].all() and not kept[:, 1:].any()
