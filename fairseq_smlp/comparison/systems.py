@@ -16,6 +16,9 @@ tests/comparison/test_systems.py holds them within 1% of each other):
   layer). The reference is fairseq's ``transformer_lm_gpt3_medium``, the dense shape of the MoE
   baselines; the all-MLP models match it by depth, GShard (two experts per token) by FFN width.
 
+GShard's second expert follows the gate's default policy, ``sampling`` (fairseq's), at every
+scale.
+
     python -m fairseq_smlp.comparison.systems list
     python -m fairseq_smlp.comparison.systems flags smlp_deterministic --scale cpu
 """
@@ -97,9 +100,8 @@ SYSTEMS: Tuple[System, ...] = (
             "cpu": ("--arch", "transformer_lm_gshard_tiny", "--decoder-ffn-embed-dim", "384",
                     "--moe-expert-ffn-dim", "192"),
             "gpu": ("--arch", "transformer_lm_gshard", *GPU_TRANSFORMER, "--moe-expert-ffn-dim",
-                    "1536", "--moe-second-expert-policy", "all"),
-            "paper": ("--arch", "transformer_lm_gshard", "--moe-expert-ffn-dim", "2048",
-                      "--moe-second-expert-policy", "all"),
+                    "1536"),
+            "paper": ("--arch", "transformer_lm_gshard", "--moe-expert-ffn-dim", "2048"),
         },
     ),
     System(
