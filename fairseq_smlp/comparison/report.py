@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
+from ..partial_prediction import context_length  # noqa: E402
 from .systems import PARTIAL_LM  # noqa: E402
 from .train_log import ReportError, TrainLog, ValidPoint, read_train_log  # noqa: E402
 from .zero_shot_table import TaskScore, read_zero_shot, zero_shot_markdown  # noqa: E402
@@ -37,7 +38,8 @@ PLOT_VS_TIME, PLOT_VS_UPDATES = "valid_ppl_vs_time.png", "valid_ppl_vs_updates.p
 DEFAULT_REFERENCE = "transformer"
 # The system.json keys the report reads, and which of them are numbers.
 SYSTEM_TEXT_KEYS = ("arch", "task")
-SYSTEM_NUMBER_KEYS = ("train_flops_per_token", "total_params", "active_params")
+SYSTEM_NUMBER_KEYS = ("train_flops_per_token", "total_params", "active_params",
+                      "tokens_per_sample")
 
 NEVER = "—"
 PARTIAL_MARK, INCOMPLETE_MARK = "‡", "†"
@@ -164,6 +166,13 @@ def seconds_to_reach(valid: Sequence[ValidPoint], ppl: float) -> Optional[float]
     return before.seconds + share * (point.seconds - before.seconds)
 
 
+def processed_per_scored(tokens_per_sample: int, prediction_fraction: float) -> float:
+    """Tokens a partial-prediction run processes per token it scores: whole blocks of
+    ``tokens_per_sample``, of which the trailing share is scored."""
+    return tokens_per_sample / (tokens_per_sample
+                                - context_length(tokens_per_sample, prediction_fraction))
+
+
 def summarize(runs: Dict[str, Run], reference: Optional[str] = None) -> Report:
     reference = choose_reference(runs, reference)
     reference_ppl = runs[reference].log.valid[-1].ppl if reference else None
@@ -176,6 +185,10 @@ def summarize(runs: Dict[str, Run], reference: Optional[str] = None) -> Report:
         log, system = run.log, run.system
         finite = [point.ppl for point in log.valid if math.isfinite(point.ppl)]
         mine, theirs = reached[name], reached[reference] if reference else None
+        partial = system["task"] == PARTIAL_LM
+        # fairseq counts a partial-prediction run's scored tokens; count what it processed.
+        processed = (processed_per_scored(system["tokens_per_sample"], log.prediction_fraction)
+                     if partial else 1.0)
         rows.append(Row(
             system=name,
             arch=system["arch"],
@@ -183,16 +196,17 @@ def summarize(runs: Dict[str, Run], reference: Optional[str] = None) -> Report:
             final_valid_ppl=log.valid[-1].ppl,
             best_valid_ppl=min(finite, default=log.valid[-1].ppl),
             num_updates=log.num_updates,
-            train_tokens=log.train_tokens,
+            train_tokens=log.train_tokens * processed,
             train_seconds=log.seconds,
-            tokens_per_second=log.tokens_per_second,
+            tokens_per_second=(None if log.tokens_per_second is None
+                               else log.tokens_per_second * processed),
             total_params=system["total_params"],
             active_params=system["active_params"],
             train_flops_per_token=system["train_flops_per_token"],
             seconds_to_reference=mine,
             speedup=theirs / mine if mine and theirs is not None else None,
             log_complete=log.complete,
-            prediction_fraction=log.prediction_fraction if system["task"] == PARTIAL_LM else None,
+            prediction_fraction=log.prediction_fraction if partial else None,
             valid=log.valid,
         ))
     rows.sort(key=lambda row: (not math.isfinite(row.final_valid_ppl), row.final_valid_ppl,
@@ -286,7 +300,7 @@ def notes(report: Report) -> List[str]:
                 f"{PARTIAL_MARK} {row.system} is trained and validated with --task {PARTIAL_LM}: "
                 f"its perplexity covers the trailing {row.prediction_fraction:.0%} of each block "
                 f"only (the rest is context it routes on), so it is not strictly comparable with "
-                f"the others; its tokens/s counts those scored tokens only."
+                f"the others; its tokens/s, like theirs, counts every token it processed."
             )
     for row in report.rows:
         if not row.log_complete:

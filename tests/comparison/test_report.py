@@ -154,7 +154,9 @@ def test_table_holds_the_hand_computed_numbers_in_perplexity_order(runs_dir, tmp
     assert partial == {
         "system": "smlp_partial‡†", "arch": "smlp_partial_tiny", "valid ppl (final)": "58.00",
         "valid ppl (best)": "52.00", "updates": "250",
-        "tokens/s": "8,000",  # 1600 * 200 tokens / 40 s, the wall of the line they run to
+        # 1600 * 200 scored tokens / 40 s, the wall of the line they run to, times the 128 / 96
+        # tokens processed per scored one (the leading 32 of each 128 are context)
+        "tokens/s": "10,667",
         "params (total)": "3.5M", "params (active)": "1.1M", "train MFLOPs/token": "2.51",
         "wall-clock": "50s",  # update 250 at the pace of 100 updates in 20 s after 40 s
         reach: "—", "speed-up": "—",
@@ -306,7 +308,8 @@ def test_system_json_without_a_key_is_named(tmp_path, capsys):
     system = {"arch": "transformer_lm", "task": "language_modeling", "train_flops_per_token": 1e6,
               "total_params": 1000}
     run = write_run(tmp_path, "transformer", system=system)
-    assert f"{run / 'system.json'}: no active_params;" in report_error(capsys, tmp_path)
+    assert f"{run / 'system.json'}: no active_params, tokens_per_sample;" in report_error(
+        capsys, tmp_path)
 
 
 def test_log_without_a_validation_line_says_how_one_is_written(tmp_path, capsys):
