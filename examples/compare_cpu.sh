@@ -57,7 +57,7 @@ RECIPE=(
   --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0
   --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 100
   --stop-time-hours "$stop_hours" --max-update 1000000
-  --validate-interval-updates 200 --no-epoch-checkpoints
+  --validate-interval-updates 50 --no-epoch-checkpoints
   --seed 1 --cpu --num-workers 0 --log-format json --log-interval 50
 )
 
