@@ -61,8 +61,9 @@ class MoELayer(nn.Module):
     def route_and_run(self, x: torch.Tensor, token_ids: Optional[torch.Tensor]) -> torch.Tensor:
         tokens = x.reshape(-1, x.size(-1))  # (S, D), batch-major
         routing = self.gate(tokens, self.token_ids if token_ids is None else token_ids)
+        chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed
         if self.runs_choices_directly(routing):
-            kept = routing.expert_index >= 0
+            kept = chosen
             output = self.run_choices(tokens, routing.expert_index,
                                       combine_weight(routing, kept))
         else:
@@ -75,7 +76,6 @@ class MoELayer(nn.Module):
                 expert_output = run_experts(dispatch(tokens, routes), self.experts,
                                             self.placement)
             output = combine(expert_output, routes, combine_weight(routing, kept))  # (S, D)
-        chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed
         self.gate_loss = routing.aux_loss
         self.last_assignment = routing.expert_index
         self.stats = {

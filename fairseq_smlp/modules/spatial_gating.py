@@ -73,6 +73,6 @@ class SpatialGatingUnit(nn.Module):
             return
         buffer = cached["buffer"]
         unchanged = torch.arange(buffer.size(0), device=new_order.device)
-        if new_order.shape != unchanged.shape or not torch.equal(new_order, unchanged):
+        if not torch.equal(new_order, unchanged):  # False for another size too
             self.keep(incremental_state, buffer.index_select(0, new_order),
                       cached["past"].size(1))

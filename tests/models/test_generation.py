@@ -47,9 +47,11 @@ def randomized(arch, context=16):
 
 
 def generate(model, dictionary, prompt, beam, new=NEW):
+    """The hypotheses after ``prompt`` (1, P): exactly ``new`` tokens, then end-of-sentence."""
+    length = prompt.size(1)
     generator = SequenceGenerator([model], dictionary, beam_size=beam, max_len_a=1,
-                                  max_len_b=new, min_len=PROMPT + new)
-    sample = {"net_input": {"src_tokens": prompt, "src_lengths": torch.tensor([PROMPT])}}
+                                  max_len_b=new, min_len=length + new)
+    sample = {"net_input": {"src_tokens": prompt, "src_lengths": torch.tensor([length])}}
     return generator.generate([model], sample, prefix_tokens=prompt)[0]
 
 
@@ -98,9 +100,6 @@ def test_smlp_partial_decodes_a_prompt_shorter_than_its_routing_context():
             torch.testing.assert_close(model(tokens[:, :length])[0], full[:, :length],
                                        rtol=1e-4, atol=1e-4)
     prompt = tokens[:, :2]
-    generator = SequenceGenerator([model], dictionary, beam_size=1, max_len_a=1, max_len_b=NEW,
-                                  min_len=2 + NEW)
-    sample = {"net_input": {"src_tokens": prompt, "src_lengths": torch.tensor([2])}}
-    best = generator.generate([model], sample, prefix_tokens=prompt)[0][0]
+    best = generate(model, dictionary, prompt, beam=1)[0]
     assert best["tokens"].tolist() == greedy_by_hand(model, dictionary, prompt, NEW)[0] + [
         dictionary.eos()]
