@@ -67,7 +67,11 @@ def identity(x):
 class MoEDecoderLayer(TransformerDecoderLayerBase):
     """A fairseq decoder layer whose FFN is an MoE layer. fc1 and the activation pass the
     normalised input through and fc2 is the MoE (its experts hold their own two projections),
-    so fairseq's forward, residuals and norms run unchanged."""
+    so fairseq's forward, residuals and norms run unchanged.
+
+    A gate that routes on the residual stream (BASE, as fairseq's BaseLayer) scores the FFN
+    block's residual input: before --decoder-normalize-before's norm where there is one, handed
+    over by a hook on that norm; the experts still run on the normalised input."""
 
     def __init__(self, cfg, moe: MoELayer):
         if utils.safe_getattr(cfg, "scale_fc", False):
@@ -76,6 +80,11 @@ class MoEDecoderLayer(TransformerDecoderLayerBase):
         self.activation_fn = identity
         self.activation_dropout_module = nn.Identity()
         self.fc2 = moe
+        if self.normalize_before and getattr(moe.gate, "routes_on_residual_stream", False):
+            self.final_layer_norm.register_forward_pre_hook(self.hand_residual_stream)
+
+    def hand_residual_stream(self, final_layer_norm, args):
+        self.fc2.routing_input = args[0]  # (T, B, C), the residual the FFN's output joins
 
     def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
         return nn.Identity()
@@ -121,6 +130,9 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
             experts = BatchedFeedForwardExperts(
                 args.moe_expert_count, args.decoder_embed_dim, expert_ffn_dim(args), activation,
             )
+            if args.moe_gate == "balanced":
+                # fairseq's BaseLayer starts every expert as the identity of its residual block.
+                nn.init.zeros_(experts.fc2_weight)
             moe = MoELayer(build_gate(args, len(task.source_dictionary)), experts,
                            args.moe_expert_count, placement, time_major=True)
             # Wrapped as fairseq's TransformerDecoderBase.build_decoder_layer wraps its layers.

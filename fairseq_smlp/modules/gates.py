@@ -119,7 +119,10 @@ class BalancedGate(nn.Module):
     """BASE layers (Lewis et al. 2021): tokens scored against a learned centroid per expert,
     balanced assignment in training (every expert ceil(S / E) tokens at most, none dropped),
     greedy top-1 in inference, no auxiliary loss; the sigmoid of the token's score for its expert
-    is the combine weight, which is how the centroids learn."""
+    is the combine weight, which is how the centroids learn. Inside a Transformer layer it scores
+    the residual stream, not the normalised input the experts run on, as fairseq's BaseLayer."""
+
+    routes_on_residual_stream = True
 
     def __init__(self, embed_dim: int, num_experts: int):
         super().__init__()

@@ -44,6 +44,9 @@ class MoELayer(nn.Module):
         # Token ids of the tokens the next forward routes, for gates that need them (hash), when
         # the caller cannot pass them (inside fairseq's Transformer layer).
         self.token_ids: Optional[torch.Tensor] = None
+        # What the gate scores in place of the next forward's input, same shape, for gates that
+        # route on another tensor than the experts run on (BASE on the residual stream).
+        self.routing_input: Optional[torch.Tensor] = None
         self.gate_loss: Optional[torch.Tensor] = None
         self.last_assignment: Optional[torch.Tensor] = None
         self.stats: Dict[str, torch.Tensor] = {}
@@ -54,13 +57,20 @@ class MoELayer(nn.Module):
         and serves it sequence by sequence all the same, so that capacity drops whole trailing
         sequences, as fairseq's MoE layers do, rather than the last positions of every sequence;
         its ``token_ids`` are (B, T)."""
+        scored = x if self.routing_input is None else self.routing_input
+        if scored.shape != x.shape:
+            raise ValueError(f"the gate's input has shape {tuple(scored.shape)}, the layer's "
+                             f"{tuple(x.shape)}")
         if self.time_major:
-            return self.route_and_run(x.transpose(0, 1), token_ids).transpose(0, 1)
-        return self.route_and_run(x, token_ids)
+            return self.route_and_run(x.transpose(0, 1), scored.transpose(0, 1),
+                                      token_ids).transpose(0, 1)
+        return self.route_and_run(x, scored, token_ids)
 
-    def route_and_run(self, x: torch.Tensor, token_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    def route_and_run(self, x: torch.Tensor, scored: torch.Tensor,
+                      token_ids: Optional[torch.Tensor]) -> torch.Tensor:
         tokens = x.reshape(-1, x.size(-1))  # (S, D), batch-major
-        routing = self.gate(tokens, self.token_ids if token_ids is None else token_ids)
+        routing = self.gate(scored.reshape(tokens.shape),
+                            self.token_ids if token_ids is None else token_ids)
         chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed
         if self.runs_choices_directly(routing):
             kept = chosen

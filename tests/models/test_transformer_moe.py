@@ -149,3 +149,29 @@ def test_capacity_drops_whole_trailing_sequences():
     assert capacity == 8  # ceil(4/3 * ceil(24 / 4)) = 8, one sequence
     kept = out.abs().sum(-1) > 0  # (T, B): a dropped token's MoE output is zero
     assert kept[:, 0].all() and not kept[:, 1:].any()
+
+
+def test_base_gate_scores_the_residual_stream_and_experts_start_at_zero():
+    """As fairseq's BaseLayer: the balanced gate scores the FFN block's residual input, not the
+    normalised input the experts run on, and every expert's output projection starts at zero.
+    Greedy (inference) choices are recomputed here from the residual captured at the norm."""
+    model = tiny("transformer_lm_base_tiny").eval()
+    layer = model.decoder.layers[1]
+    assert layer.normalize_before
+    assert not layer.fc2.experts.fc2_weight.any()
+    assert tiny("transformer_lm_switch_tiny").decoder.layers[1].fc2.experts.fc2_weight.any()
+    with torch.no_grad():  # a norm whose output ranks the experts unlike its input
+        layer.final_layer_norm.weight.uniform_(-2, 2)
+        layer.final_layer_norm.bias.uniform_(-2, 2)
+    seen = {}
+    layer.final_layer_norm.register_forward_hook(
+        lambda norm, args, out: seen.update(residual=args[0], normed=out))
+    model(torch.randint(4, 40, (3, 16)))
+    centroids = layer.fc2.gate.centroids
+
+    def greedy(x):  # (T, B, C) -> (B T,) batch-major, as the layer routes
+        return (x.transpose(0, 1).reshape(-1, x.size(-1)) @ centroids.t()).argmax(-1)
+
+    chosen = layer.fc2.last_assignment.squeeze(1)
+    assert torch.equal(chosen, greedy(seen["residual"]))
+    assert not torch.equal(chosen, greedy(seen["normed"]))
