@@ -1,19 +1,27 @@
-"""The comparison report: a table and plots of validation perplexity from fairseq-train logs.
+"""The comparison report: a table and plots of validation perplexity from fairseq-train logs,
+over one or several seeds of each system.
 
     python -m fairseq_smlp.comparison.report RUNS_DIR [--out DIR] [--reference NAME]
 
-RUNS_DIR holds one directory per system, named after it (the name is the row of the table):
-``train.log``, fairseq-train's stdout and stderr with ``--log-format json``, and ``system.json``,
+RUNS_DIR holds one directory per system, named after it (the name is the row of the table),
+holding one run per seed in ``seed<N>/`` (or a single run in the directory itself). A run is
+``train.log``, fairseq-train's stdout and stderr with ``--log-format json``; ``system.json``,
 what ``python -m fairseq_smlp.comparison.flops ... --json`` says of the system (arch, task,
-training FLOPs per token, total and active parameters). The report writes ``results.md`` (the
-table, also printed), ``results.json`` (the same numbers and each validation curve) and two
-plots, ``valid_ppl_vs_time.png`` and ``valid_ppl_vs_updates.png``.
+training FLOPs per token, total and active parameters); and optionally ``valid_trailing.log``,
+fairseq-eval-lm's output for the run's last checkpoint under ``--task partial_prediction_lm``
+(the perplexity over the trailing positions of every block, on which every system is ranked
+when every run has it) and ``zero_shot/<task>.json``. The report writes ``results.md`` (the
+table of means and min-max spreads over the seeds, also printed), ``results.json`` (the same
+figures, each seed's and each validation curve) and two plots, ``valid_ppl_vs_time.png`` and
+``valid_ppl_vs_updates.png``, a band over the seeds around each system's mean curve.
 """
 
 import argparse
 import json
 import logging
 import math
+import re
+import statistics
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -23,16 +31,20 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 # (logging.basicConfig): keep matplotlib's debug messages, from its import on, out of the output.
 logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
+import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
-from ..partial_prediction import context_length  # noqa: E402
+from ..partial_prediction import DEFAULT_PREDICTION_FRACTION, context_length  # noqa: E402
 from .systems import PARTIAL_LM  # noqa: E402
-from .train_log import ReportError, TrainLog, ValidPoint, read_train_log  # noqa: E402
+from .train_log import (  # noqa: E402
+    ReportError, TrainLog, ValidPoint, read_eval_lm_ppl, read_train_log,
+)
 from .zero_shot_table import TaskScore, read_zero_shot, zero_shot_markdown  # noqa: E402
 
-TRAIN_LOG, SYSTEM_JSON = "train.log", "system.json"
+TRAIN_LOG, SYSTEM_JSON, TRAILING_LOG = "train.log", "system.json", "valid_trailing.log"
+SEED_DIR = re.compile(r"seed(\d+)")
 RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
 PLOT_VS_TIME, PLOT_VS_UPDATES = "valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"
 DEFAULT_REFERENCE = "transformer"
@@ -47,6 +59,8 @@ COUNT_SUFFIXES = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
 FLOP_UNITS = ((1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "KFLOPs"), (1.0, "FLOPs"))
 # Plot time axes in the largest unit of which the longest run spans at least two.
 TIME_UNITS = ((3600.0, "hours"), (60.0, "minutes"), (1.0, "seconds"))
+# Points of the grid on which a system's seeds are averaged in the plots.
+GRID_POINTS = 100
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -54,9 +68,13 @@ TIME_UNITS = ((3600.0, "hours"), (60.0, "minutes"), (1.0, "seconds"))
 
 @dataclass(frozen=True)
 class Run:
-    name: str
+    """One seed of one system."""
+
+    name: str  # the system
+    seed: Optional[int]  # None: a single run in the system's directory
     system: dict  # system.json
     log: TrainLog
+    trailing_ppl: Optional[float]  # valid_trailing.log's perplexity; None when not scored
     zero_shot: Dict[str, TaskScore]  # zero_shot/<task>.json, by task; empty when not scored
 
 
@@ -82,38 +100,79 @@ def read_system(path: Path) -> dict:
     return system
 
 
-def read_runs(runs_dir: Path, skip: Sequence[Path] = ()) -> Dict[str, Run]:
-    """Every run directory under runs_dir (hidden ones and those in `skip` left out)."""
+def read_run(name: str, seed: Optional[int], path: Path) -> Run:
+    return Run(name, seed, read_system(path / SYSTEM_JSON), read_train_log(path / TRAIN_LOG),
+               read_eval_lm_ppl(path / TRAILING_LOG), read_zero_shot(path))
+
+
+def read_seeds(system_dir: Path) -> List[Run]:
+    """The system's runs: one per seed<N>/ directory, by seed, else the directory itself."""
+    seeds = sorted((int(match.group(1)), path) for path in system_dir.iterdir()
+                   if path.is_dir() and (match := SEED_DIR.fullmatch(path.name)))
+    if not seeds:
+        return [read_run(system_dir.name, None, system_dir)]
+    runs = [read_run(system_dir.name, seed, path) for seed, path in seeds]
+    archs = {run.system["arch"] for run in runs}
+    if len(archs) > 1:
+        raise ReportError(f"{system_dir}: its seeds are runs of different archs "
+                          f"({', '.join(sorted(archs))}); one directory holds one system")
+    return runs
+
+
+def read_runs(runs_dir: Path, skip: Sequence[Path] = ()) -> Dict[str, List[Run]]:
+    """Every system directory under runs_dir (hidden ones and those in `skip` left out), with
+    its seeds."""
     if not runs_dir.is_dir():
         raise ReportError(f"RUNS_DIR {runs_dir}: no such directory")
     skipped = {path.resolve() for path in skip}
-    run_dirs = sorted(
+    system_dirs = sorted(
         path for path in runs_dir.iterdir()
         if path.is_dir() and not path.name.startswith(".") and path.resolve() not in skipped
     )
-    if not run_dirs:
+    if not system_dirs:
         raise ReportError(
             f"RUNS_DIR {runs_dir} holds no run directories; expected one directory per system "
-            f"(e.g. {runs_dir / DEFAULT_REFERENCE}) holding {TRAIN_LOG} and {SYSTEM_JSON}, as "
-            f"examples/compare_cpu.sh writes them"
+            f"(e.g. {runs_dir / DEFAULT_REFERENCE}) holding {TRAIN_LOG} and {SYSTEM_JSON}, "
+            f"or one seed<N>/ directory per seed holding them, as examples/compare_cpu.sh "
+            f"writes them"
         )
-    return {
-        path.name: Run(path.name, read_system(path / SYSTEM_JSON), read_train_log(path / TRAIN_LOG),
-                       read_zero_shot(path))
-        for path in run_dirs
-    }
+    return {path.name: read_seeds(path) for path in system_dirs}
 
 
 # ----------------------------------------------------------------------------- the numbers
 
 
 @dataclass(frozen=True)
+class Spread:
+    """A figure over a system's seeds."""
+
+    mean: float
+    min: float
+    max: float
+    std: float  # the sample standard deviation; 0 for one seed
+    values: List[float]  # by seed
+
+    @classmethod
+    def of(cls, values: Sequence[Optional[float]]) -> Optional["Spread"]:
+        """None when a seed has no value."""
+        if not values or any(value is None for value in values):
+            return None
+        values = [float(value) for value in values]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(statistics.fmean(values), min(values), max(values), std, values)
+
+
+@dataclass(frozen=True)
 class Row:
+    """One seed's figures."""
+
     system: str
+    seed: Optional[int]
     arch: str
     task: str
     final_valid_ppl: float
     best_valid_ppl: float
+    trailing_ppl: Optional[float]
     num_updates: int
     train_tokens: float
     train_seconds: float
@@ -122,7 +181,7 @@ class Row:
     active_params: float
     train_flops_per_token: float
     seconds_to_reference: Optional[float]  # None: never reached, or no reference
-    speedup: Optional[float]  # the reference's seconds_to_reference over this one's
+    speedup: Optional[float]  # the reference's mean seconds_to_reference over this one's
     log_complete: bool
     prediction_fraction: Optional[float]  # partial-prediction runs only
     valid: List[ValidPoint]
@@ -133,14 +192,44 @@ class Row:
 
 
 @dataclass(frozen=True)
+class SystemRow:
+    """A system's figures over its seeds."""
+
+    system: str
+    arch: str
+    task: str
+    seeds: int
+    final_valid_ppl: Spread
+    best_valid_ppl: Spread
+    trailing_ppl: Optional[Spread]  # None unless every seed was scored
+    num_updates: Spread
+    tokens_per_second: Optional[Spread]
+    train_seconds: Spread
+    total_params: float
+    active_params: float
+    train_flops_per_token: float
+    reached: int  # seeds that reached the reference's perplexity
+    seconds_to_reference: Optional[Spread]  # None unless every seed reached it
+    speedup: Optional[Spread]
+    log_complete: bool  # every seed's
+    prediction_fraction: Optional[float]
+    runs: List[Row]
+
+    @property
+    def partial(self) -> bool:
+        return self.prediction_fraction is not None
+
+
+@dataclass(frozen=True)
 class Report:
-    rows: List[Row]  # by final validation perplexity
+    rows: List[SystemRow]  # in rank order (see rank)
     reference: Optional[str]
-    reference_ppl: Optional[float]  # the reference's final validation perplexity
+    reference_ppl: Optional[float]  # the perplexity every system is timed to reach
+    ranked_on_trailing: bool  # every run has its trailing perplexity
     zero_shot: Dict[str, Dict[str, TaskScore]]  # system -> task -> score, in the rows' order
 
 
-def choose_reference(runs: Dict[str, Run], reference: Optional[str]) -> Optional[str]:
+def choose_reference(runs: Dict[str, List[Run]], reference: Optional[str]) -> Optional[str]:
     if reference is None:
         return DEFAULT_REFERENCE if DEFAULT_REFERENCE in runs else None
     if reference not in runs:
@@ -173,46 +262,118 @@ def processed_per_scored(tokens_per_sample: int, prediction_fraction: float) -> 
                                 - context_length(tokens_per_sample, prediction_fraction))
 
 
-def summarize(runs: Dict[str, Run], reference: Optional[str] = None) -> Report:
+def is_partial(run: Run) -> bool:
+    return run.system["task"] == PARTIAL_LM
+
+
+def reference_target(runs: Dict[str, List[Run]], reference: Optional[str]) -> Optional[float]:
+    """The perplexity every system is timed to reach: the highest final validation perplexity
+    of the reference's seeds, which each of them reached."""
+    if reference is None:
+        return None
+    return max(run.log.valid[-1].ppl for run in runs[reference])
+
+
+def seed_row(run: Run, target: Optional[float], reference_seconds: Optional[float]) -> Row:
+    log, system = run.log, run.system
+    finite = [point.ppl for point in log.valid if math.isfinite(point.ppl)]
+    partial = is_partial(run)
+    # fairseq counts a partial-prediction run's scored tokens; count what it processed.
+    processed = (processed_per_scored(system["tokens_per_sample"], log.prediction_fraction)
+                 if partial else 1.0)
+    # A partial-prediction curve covers the trailing positions only: it is not timed against
+    # a whole-sequence perplexity.
+    seconds = seconds_to_reach(log.valid, target) if target is not None and not partial else None
+    return Row(
+        system=run.name,
+        seed=run.seed,
+        arch=system["arch"],
+        task=system["task"],
+        final_valid_ppl=log.valid[-1].ppl,
+        best_valid_ppl=min(finite, default=log.valid[-1].ppl),
+        trailing_ppl=run.trailing_ppl,
+        num_updates=log.num_updates,
+        train_tokens=log.train_tokens * processed,
+        train_seconds=log.seconds,
+        tokens_per_second=(None if log.tokens_per_second is None
+                           else log.tokens_per_second * processed),
+        total_params=system["total_params"],
+        active_params=system["active_params"],
+        train_flops_per_token=system["train_flops_per_token"],
+        seconds_to_reference=seconds,
+        speedup=reference_seconds / seconds if seconds and reference_seconds is not None else None,
+        log_complete=log.complete,
+        prediction_fraction=log.prediction_fraction if partial else None,
+        valid=log.valid,
+    )
+
+
+def system_row(rows: List[Row]) -> SystemRow:
+    first = rows[0]
+
+    def spread(field: str) -> Optional[Spread]:
+        return Spread.of([getattr(row, field) for row in rows])
+
+    return SystemRow(
+        system=first.system,
+        arch=first.arch,
+        task=first.task,
+        seeds=len(rows),
+        final_valid_ppl=spread("final_valid_ppl"),
+        best_valid_ppl=spread("best_valid_ppl"),
+        trailing_ppl=spread("trailing_ppl"),
+        num_updates=spread("num_updates"),
+        tokens_per_second=spread("tokens_per_second"),
+        train_seconds=spread("train_seconds"),
+        # The size of the first seed's model: seeds share flags, and with them the size.
+        total_params=first.total_params,
+        active_params=first.active_params,
+        train_flops_per_token=first.train_flops_per_token,
+        reached=sum(row.seconds_to_reference is not None for row in rows),
+        seconds_to_reference=spread("seconds_to_reference"),
+        speedup=spread("speedup"),
+        log_complete=all(row.log_complete for row in rows),
+        prediction_fraction=first.prediction_fraction,
+        runs=rows,
+    )
+
+
+def rank(rows: List[SystemRow], on_trailing: bool) -> List[SystemRow]:
+    """By mean trailing perplexity when every system has one; else by mean final validation
+    perplexity, partial-prediction systems (whose validation covers the trailing positions
+    only) after the others."""
+    def key(row: SystemRow):
+        ppl = row.trailing_ppl.mean if on_trailing else row.final_valid_ppl.mean
+        return (not on_trailing and row.partial, not math.isfinite(ppl), ppl, row.system)
+
+    return sorted(rows, key=key)
+
+
+def mean_zero_shot(runs: List[Run]) -> Dict[str, TaskScore]:
+    """Each task's accuracy averaged over the seeds scored on it."""
+    scores: Dict[str, TaskScore] = {}
+    tasks = sorted({task for run in runs for task in run.zero_shot})
+    for task in tasks:
+        scored = [run.zero_shot[task] for run in runs if task in run.zero_shot]
+        scores[task] = TaskScore(statistics.fmean(s.accuracy for s in scored), scored[0].rule,
+                                 scored[0].examples, max(s.truncated for s in scored))
+    return scores
+
+
+def summarize(runs: Dict[str, List[Run]], reference: Optional[str] = None) -> Report:
     reference = choose_reference(runs, reference)
-    reference_ppl = runs[reference].log.valid[-1].ppl if reference else None
-    reached = {
-        name: seconds_to_reach(run.log.valid, reference_ppl) if reference else None
-        for name, run in runs.items()
-    }
-    rows = []
-    for name, run in runs.items():
-        log, system = run.log, run.system
-        finite = [point.ppl for point in log.valid if math.isfinite(point.ppl)]
-        mine, theirs = reached[name], reached[reference] if reference else None
-        partial = system["task"] == PARTIAL_LM
-        # fairseq counts a partial-prediction run's scored tokens; count what it processed.
-        processed = (processed_per_scored(system["tokens_per_sample"], log.prediction_fraction)
-                     if partial else 1.0)
-        rows.append(Row(
-            system=name,
-            arch=system["arch"],
-            task=system["task"],
-            final_valid_ppl=log.valid[-1].ppl,
-            best_valid_ppl=min(finite, default=log.valid[-1].ppl),
-            num_updates=log.num_updates,
-            train_tokens=log.train_tokens * processed,
-            train_seconds=log.seconds,
-            tokens_per_second=(None if log.tokens_per_second is None
-                               else log.tokens_per_second * processed),
-            total_params=system["total_params"],
-            active_params=system["active_params"],
-            train_flops_per_token=system["train_flops_per_token"],
-            seconds_to_reference=mine,
-            speedup=theirs / mine if mine and theirs is not None else None,
-            log_complete=log.complete,
-            prediction_fraction=log.prediction_fraction if partial else None,
-            valid=log.valid,
-        ))
-    rows.sort(key=lambda row: (not math.isfinite(row.final_valid_ppl), row.final_valid_ppl,
-                               row.system))
-    zero_shot = {row.system: runs[row.system].zero_shot for row in rows}
-    return Report(rows, reference, reference_ppl, zero_shot)
+    target = reference_target(runs, reference)
+    reference_seconds = None
+    if reference is not None:
+        times = [seconds_to_reach(run.log.valid, target) for run in runs[reference]]
+        if all(seconds is not None for seconds in times):
+            reference_seconds = statistics.fmean(times)
+    rows = [system_row([seed_row(run, target, reference_seconds) for run in seeds])
+            for seeds in runs.values()]
+    on_trailing = all(row.trailing_ppl is not None for row in rows)
+    rows = rank(rows, on_trailing)
+    zero_shot = {row.system: mean_zero_shot(runs[row.system]) for row in rows}
+    return Report(rows, reference, target, on_trailing, zero_shot)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -244,12 +405,27 @@ def human_duration(seconds: Optional[float]) -> str:
     return f"{whole}s"
 
 
+def spread_cell(spread: Optional[Spread], show: Callable[[float], str],
+                suffix: str = "") -> str:
+    """'mean' for one seed, 'mean (min–max)' for several; NEVER without a figure."""
+    if spread is None:
+        return NEVER
+    if len(spread.values) == 1:
+        return show(spread.mean) + suffix
+    return f"{show(spread.mean)}{suffix} ({show(spread.min)}–{show(spread.max)}{suffix})"
+
+
+def ppl_text(ppl: float) -> str:
+    return f"{ppl:.2f}"
+
+
 def markdown(report: Report, written: date) -> str:
     rows = report.rows
     scale, unit = flops_unit([row.train_flops_per_token for row in rows])
     header = [
-        "system", "arch", "valid ppl (final)", "valid ppl (best)", "updates", "tokens/s",
-        "params (total)", "params (active)", f"train {unit}/token", "wall-clock",
+        "system", "arch", "seeds", "valid ppl (final)", "valid ppl (trailing)",
+        "updates", "tokens/s", "params (total)", "params (active)", f"train {unit}/token",
+        "wall-clock",
     ]
     if report.reference:
         header += [f"time to ppl {report.reference_ppl:.2f} ({report.reference})", "speed-up"]
@@ -259,35 +435,54 @@ def markdown(report: Report, written: date) -> str:
             "" if row.log_complete else INCOMPLETE_MARK
         )
         cells = [
-            row.system + marks, row.arch, f"{row.final_valid_ppl:.2f}", f"{row.best_valid_ppl:.2f}",
-            f"{row.num_updates:,}",
-            NEVER if row.tokens_per_second is None else f"{row.tokens_per_second:,.0f}",
+            row.system + marks, row.arch, str(row.seeds),
+            spread_cell(row.final_valid_ppl, ppl_text), spread_cell(row.trailing_ppl, ppl_text),
+            spread_cell(row.num_updates, lambda n: f"{n:,.0f}"),
+            spread_cell(row.tokens_per_second, lambda n: f"{n:,.0f}"),
             human_count(row.total_params), human_count(row.active_params),
-            f"{row.train_flops_per_token / scale:.2f}", human_duration(row.train_seconds),
+            f"{row.train_flops_per_token / scale:.2f}",
+            spread_cell(row.train_seconds, human_duration),
         ]
         if report.reference:
-            cells += [human_duration(row.seconds_to_reference),
-                      NEVER if row.speedup is None else f"{row.speedup:.2f}x"]
+            if row.seconds_to_reference is None and 0 < row.reached:
+                cells += [f"{row.reached} of {row.seeds} seeds", NEVER]
+            else:
+                cells += [spread_cell(row.seconds_to_reference, human_duration),
+                          spread_cell(row.speedup, lambda x: f"{x:.2f}", "x")]
         lines.append("| " + " | ".join(cells) + " |")
     body = lines + [""] + notes(report) + zero_shot_markdown(report.zero_shot)
     return "\n".join(body + ["", f"Written {written.isoformat()}."]) + "\n"
 
 
 def notes(report: Report) -> List[str]:
+    seeds = sorted({row.seeds for row in report.rows})
+    several = seeds[-1] > 1
+    order = ("Ranked by the trailing perplexity" if report.ranked_on_trailing else
+             "Ranked by final validation perplexity (a partial-prediction system last, unranked: "
+             "no run here has its trailing perplexity)")
     text = [
-        "Sorted by final validation perplexity (fairseq's valid_ppl at the last validation; "
-        "best: the lowest at any validation). tokens/s: training tokens (fairseq's wpb, tokens "
-        "per update, times the updates) per second of wall-clock; wall-clock: fairseq's `wall`, "
-        "from start-up to the last log line, validation and checkpoints included. Parameters "
-        "and training FLOPs per token: each run's system.json "
-        "(`python -m fairseq_smlp.comparison.flops`).",
+        ("Each figure is the mean over a system's seeds, with the lowest and highest seed in "
+         "brackets; figures whose ranges overlap are not told apart by these runs. "
+         if several else "")
+        + f"{order}. Valid ppl (final): fairseq's valid_ppl at the last validation, during "
+        f"training (on the part of the validation set it reads: --max-valid-steps); trailing: "
+        f"fairseq-eval-lm's perplexity of the last checkpoint on the whole validation set, "
+        f"over the trailing positions of every block only (--task {PARTIAL_LM}; the trailing "
+        f"{DEFAULT_PREDICTION_FRACTION:.0%} unless --prediction-fraction says otherwise), the one "
+        f"column on which every system, a partial-prediction one included, is scored alike. "
+        f"tokens/s: every token a training step processed, per second of wall-clock; "
+        f"wall-clock: fairseq's `wall`, from start-up to the last log line, validation and "
+        f"checkpoints included. Parameters and training FLOPs per token: each run's "
+        f"system.json (`python -m fairseq_smlp.comparison.flops`).",
     ]
     if report.reference:
+        highest = " (the highest of its seeds', which each of them reached)" if several else ""
         text.append(
-            f"Time to ppl {report.reference_ppl:.2f}: the wall-clock at which the run reached "
-            f"{report.reference}'s final validation perplexity, interpolated in log-perplexity "
-            f"between the validations around it ({NEVER}: never); speed-up: "
-            f"{report.reference}'s time to that perplexity over the system's."
+            f"Time to ppl {report.reference_ppl:.2f}: the wall-clock at which a run reached "
+            f"{report.reference}'s final validation perplexity{highest}, interpolated in "
+            f"log-perplexity between the validations around it ({NEVER}: never; \"k of N "
+            f"seeds\": only k seeds did, and no mean is given); speed-up: {report.reference}'s "
+            f"mean time to that perplexity over the run's."
         )
     else:
         text.append(
@@ -298,18 +493,21 @@ def notes(report: Report) -> List[str]:
         if row.partial:
             text.append(
                 f"{PARTIAL_MARK} {row.system} is trained and validated with --task {PARTIAL_LM}: "
-                f"its perplexity covers the trailing {row.prediction_fraction:.0%} of each block "
-                f"only (the rest is context it routes on), so it is not strictly comparable with "
-                f"the others; its tokens/s, like theirs, counts every token it processed."
+                f"its validation perplexity covers the trailing {row.prediction_fraction:.0%} of "
+                f"each block only (the rest is context it routes on), so it is compared with the "
+                f"others on the trailing column alone and not timed against a whole-block "
+                f"perplexity; its tokens/s, like theirs, counts every token it processed."
             )
     for row in report.rows:
         if not row.log_complete:
             text.append(
-                f"{INCOMPLETE_MARK} {row.system}: the log ends without fairseq's closing \"done "
+                f"{INCOMPLETE_MARK} {row.system}: a log ends without fairseq's closing \"done "
                 f"training\" line (the run crashed or is still going); its figures stop at its "
                 f"last line, and validations after its last training line are timed at the pace "
                 f"of its last logged interval."
             )
+    if several and any(report.zero_shot.values()):
+        text.append("Zero-shot accuracy below: the mean over the seeds scored.")
     return "\n\n".join(text).split("\n")
 
 
@@ -319,6 +517,7 @@ def results_json(report: Report, runs_dir: Path, written: date) -> dict:
         "runs_dir": str(runs_dir),
         "reference": report.reference,
         "reference_valid_ppl": report.reference_ppl,
+        "ranked_on_trailing": report.ranked_on_trailing,
         "systems": {row.system: asdict(row) for row in report.rows},
         "zero_shot": {system: {task: asdict(score) for task, score in tasks.items()}
                       for system, tasks in report.zero_shot.items()},
@@ -328,6 +527,23 @@ def results_json(report: Report, runs_dir: Path, written: date) -> dict:
 # ----------------------------------------------------------------------------- plots
 
 
+def finite_curve(row: Row, x_of: Callable[[ValidPoint], float]) -> Tuple[np.ndarray, np.ndarray]:
+    points = [point for point in row.valid if math.isfinite(point.ppl)]
+    return (np.array([x_of(point) for point in points], dtype=float),
+            np.log(np.array([point.ppl for point in points], dtype=float)))
+
+
+def seed_band(row: SystemRow, x_of: Callable[[ValidPoint], float]):
+    """(x, mean, low, high) of the seeds' perplexities on a grid over the span every seed
+    covers, each curve interpolated in log-perplexity; the mean is geometric."""
+    curves = [finite_curve(run, x_of) for run in row.runs]
+    start = max(xs[0] for xs, _ in curves)
+    stop = min(xs[-1] for xs, _ in curves)
+    x = np.linspace(start, stop, GRID_POINTS) if stop > start else np.array([start])
+    logs = np.stack([np.interp(x, xs, y) for xs, y in curves])  # (seeds, points)
+    return x, np.exp(logs.mean(0)), np.exp(logs.min(0)), np.exp(logs.max(0))
+
+
 def plot_valid_ppl(
     report: Report, path: Path, x_of: Callable[[ValidPoint], float], x_label: str
 ) -> None:
@@ -335,12 +551,17 @@ def plot_valid_ppl(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for row in report.rows:
-        points = [point for point in row.valid if math.isfinite(point.ppl)]
         label = row.system
         if row.partial:
             label += f" (trailing {row.prediction_fraction:.0%} only)"
-        axes.plot([x_of(point) for point in points], [point.ppl for point in points], marker="o",
-                  markersize=3, linestyle="--" if row.partial else "-", label=label)
+        style = "--" if row.partial else "-"
+        if row.seeds == 1:
+            x, log_ppl = finite_curve(row.runs[0], x_of)
+            axes.plot(x, np.exp(log_ppl), marker="o", markersize=3, linestyle=style, label=label)
+            continue
+        x, mean, low, high = seed_band(row, x_of)
+        line, = axes.plot(x, mean, linestyle=style, label=f"{label}, {row.seeds} seeds")
+        axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if report.reference:
         axes.axhline(report.reference_ppl, color="grey", linestyle=":", linewidth=1,
                      label=f"{report.reference}'s final")
@@ -349,7 +570,9 @@ def plot_valid_ppl(
     axes.yaxis.set_major_formatter(LogFormatter())
     axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     axes.set_xlabel(x_label)
-    axes.set_ylabel("validation perplexity (log scale)")
+    axes.set_ylabel("validation perplexity (log scale)"
+                    + ("; band: lowest to highest seed" if max(r.seeds for r in report.rows) > 1
+                       else ""))
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -357,7 +580,7 @@ def plot_valid_ppl(
 
 
 def plot_both(report: Report, out_dir: Path) -> None:
-    longest = max(row.train_seconds for row in report.rows)
+    longest = max(row.train_seconds.max for row in report.rows)
     scale, unit = next(((s, u) for s, u in TIME_UNITS if longest >= 2 * s), TIME_UNITS[-1])
     plot_valid_ppl(report, out_dir / PLOT_VS_TIME, lambda point: point.seconds / scale,
                    f"wall-clock training time ({unit})")
@@ -371,12 +594,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m fairseq_smlp.comparison.report",
         description="Tabulate and plot the validation perplexity of the compared systems from "
-        "their fairseq-train logs (RUNS_DIR/<system>/train.log and system.json)."
+        "their fairseq-train logs (RUNS_DIR/<system>/seed<N>/train.log and system.json), with "
+        "the mean and spread over the seeds."
     )
     parser.add_argument(
         "runs_dir", type=Path, metavar="RUNS_DIR",
-        help="directory with one run directory per system, each holding train.log "
-        "(fairseq-train --log-format json) and system.json (fairseq_smlp.comparison.flops --json)",
+        help="directory with one directory per system, holding one seed<N>/ directory per seed "
+        "(or a single run itself): train.log (fairseq-train --log-format json), system.json "
+        f"(fairseq_smlp.comparison.flops --json) and optionally {TRAILING_LOG} (fairseq-eval-lm "
+        f"--task {PARTIAL_LM})",
     )
     parser.add_argument(
         "--out", type=Path, default=None,

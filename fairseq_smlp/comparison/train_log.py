@@ -30,6 +30,8 @@ TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \|")
 BEGIN_VALIDATION = re.compile(r"\| fairseq_cli\.train \| begin validation on ")
 # fairseq_cli.train's dump of its whole configuration, which holds the task's options.
 PREDICTION_FRACTION = re.compile(r"'prediction_fraction': ([0-9.eE+-]+)")
+# fairseq_cli.eval_lm's last line: the mean base-2 loss per scored token, to four decimals.
+EVAL_LM_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+), Perplexity: ")
 
 
 class ReportError(ValueError):
@@ -254,3 +256,18 @@ def wall_clock_at(progress: Sequence[ProgressLine], num_updates: int) -> float:
     low, high = updates[after - 1], updates[after]
     pace = (times[high] - times[low]) / (high - low)
     return times[low] + pace * (num_updates - low)
+
+
+def read_eval_lm_ppl(path: Path) -> Optional[float]:
+    """The perplexity in a fairseq-eval-lm log, from its base-2 loss (the printed perplexity
+    has two decimals); None when there is no such log."""
+    if not path.is_file():
+        return None
+    losses = [float(match.group(1)) for match in map(EVAL_LM_LOSS.search, path.read_text(
+        errors="replace").splitlines()) if match]
+    if not losses:
+        raise ReportError(
+            f"{path}: no 'Loss (base 2): ..., Perplexity: ...' line; fairseq-eval-lm writes one "
+            f"when it has scored the whole subset (did it fail? its output is in the file)"
+        )
+    return 2.0 ** losses[-1]

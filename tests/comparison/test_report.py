@@ -13,7 +13,8 @@ import pytest
 from matplotlib import image
 
 from fairseq_smlp.comparison.report import (
-    ReportError, ValidPoint, human_count, human_duration, main, read_train_log, seconds_to_reach,
+    ReportError, ValidPoint, human_count, human_duration, main, read_runs, read_train_log,
+    seconds_to_reach, seed_band, summarize,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,16 +95,32 @@ SYSTEMS = {
 }
 
 
+def system_json(name):
+    arch, task, flops, total, active = SYSTEMS[name]
+    return {
+        "arch": arch, "task": task, "train_flops_per_token": flops,
+        "forward_flops_per_token": flops // 3, "total_params": total, "active_params": active,
+        "tokens_per_sample": 128, "vocab_size": 304,
+    }
+
+
 def write_run(runs_dir, name, log_lines=None, system=None):
     run = runs_dir / name
     run.mkdir(parents=True)
     (run / "train.log").write_text("\n".join(log_lines or LOGS[name]) + "\n")
-    arch, task, flops, total, active = SYSTEMS[name]
-    (run / "system.json").write_text(json.dumps(system or {
-        "arch": arch, "task": task, "train_flops_per_token": flops,
-        "forward_flops_per_token": flops // 3, "total_params": total, "active_params": active,
-        "tokens_per_sample": 128, "vocab_size": 304,
-    }))
+    (run / "system.json").write_text(json.dumps(system or system_json(name)))
+    return run
+
+
+def write_seed(runs_dir, name, seed, log_lines, trailing_ppl=None):
+    """Seed ``seed`` of system ``name``, with fairseq-eval-lm's closing line for its trailing
+    perplexity when given."""
+    run = write_run(runs_dir / name, f"seed{seed}", log_lines, system_json(name))
+    if trailing_ppl is not None:
+        (run / "valid_trailing.log").write_text(
+            f"INFO:fairseq_cli.eval_lm:Evaluated 1,000 tokens in 1.0s (1000.00 tokens/s)\n"
+            f"INFO:fairseq_cli.eval_lm:Loss (base 2): {math.log2(trailing_ppl):.4f}, "
+            f"Perplexity: {trailing_ppl:.2f}\n")
     return run
 
 
@@ -132,8 +149,8 @@ def test_table_holds_the_hand_computed_numbers_in_perplexity_order(runs_dir, tmp
     ]
     deterministic, transformer, partial = rows
     assert deterministic == {
-        "system": "smlp_deterministic", "arch": "smlp_deterministic_tiny",
-        "valid ppl (final)": "45.00", "valid ppl (best)": "45.00", "updates": "400",
+        "system": "smlp_deterministic", "arch": "smlp_deterministic_tiny", "seeds": "1",
+        "valid ppl (final)": "45.00", "valid ppl (trailing)": "—", "updates": "400",
         "tokens/s": "16,718",  # 2048 * 400 tokens / 49 s
         "params (total)": "3.5M", "params (active)": "1.1M", "train MFLOPs/token": "2.52",
         "wall-clock": "49s",
@@ -143,8 +160,8 @@ def test_table_holds_the_hand_computed_numbers_in_perplexity_order(runs_dir, tmp
         "speed-up": "2.09x",  # 62 s / 29.65 s
     }
     assert transformer == {
-        "system": "transformer", "arch": "transformer_lm", "valid ppl (final)": "50.00",
-        "valid ppl (best)": "50.00", "updates": "600",
+        "system": "transformer", "arch": "transformer_lm", "seeds": "1",
+        "valid ppl (final)": "50.00", "valid ppl (trailing)": "—", "updates": "600",
         "tokens/s": "19,276",  # (2000 * 300 + 2048 * 300) tokens / 63 s
         "params (total)": "1.2M", "params (active)": "1.2M", "train MFLOPs/token": "2.50",
         "wall-clock": "1m 03s",
@@ -152,13 +169,14 @@ def test_table_holds_the_hand_computed_numbers_in_perplexity_order(runs_dir, tmp
         "speed-up": "1.00x",
     }
     assert partial == {
-        "system": "smlp_partial‡†", "arch": "smlp_partial_tiny", "valid ppl (final)": "58.00",
-        "valid ppl (best)": "52.00", "updates": "250",
+        "system": "smlp_partial‡†", "arch": "smlp_partial_tiny", "seeds": "1",
+        "valid ppl (final)": "58.00", "valid ppl (trailing)": "—", "updates": "250",
         # 1600 * 200 scored tokens / 40 s, the wall of the line they run to, times the 128 / 96
         # tokens processed per scored one (the leading 32 of each 128 are context)
         "tokens/s": "10,667",
         "params (total)": "3.5M", "params (active)": "1.1M", "train MFLOPs/token": "2.51",
         "wall-clock": "50s",  # update 250 at the pace of 100 updates in 20 s after 40 s
+        # its validation covers the trailing 75% only: not timed against a whole-block one
         reach: "—", "speed-up": "—",
     }
     assert f"Written {date.today().isoformat()}." in markdown
@@ -179,24 +197,29 @@ def test_results_json_holds_the_same_numbers_and_the_curves(runs_dir):
     main([str(runs_dir)])
     results = json.loads((runs_dir / "results.json").read_text())
     assert results["reference"] == "transformer" and results["reference_valid_ppl"] == 50.0
+    assert not results["ranked_on_trailing"]
     systems = results["systems"]
     assert list(systems) == ["smlp_deterministic", "transformer", "smlp_partial"]
     deterministic, transformer, partial = systems.values()
-    assert transformer["train_tokens"] == 2000 * 300 + 2048 * 300
-    assert transformer["tokens_per_second"] == pytest.approx((2000 * 300 + 2048 * 300) / 63)
-    assert transformer["train_seconds"] == 63
+    assert transformer["seeds"] == 1 and transformer["runs"][0]["seed"] is None
+    assert transformer["runs"][0]["train_tokens"] == 2000 * 300 + 2048 * 300
+    assert transformer["tokens_per_second"] == {
+        "mean": pytest.approx((2000 * 300 + 2048 * 300) / 63), "min": pytest.approx(
+            (2000 * 300 + 2048 * 300) / 63), "max": pytest.approx((2000 * 300 + 2048 * 300) / 63),
+        "std": 0.0, "values": [pytest.approx((2000 * 300 + 2048 * 300) / 63)]}
+    assert transformer["train_seconds"]["mean"] == 63
     reached = 18 + math.log(70 / 50) / math.log(70 / 49.5) * 12  # ppl 50 between 18 s and 30 s
-    assert deterministic["seconds_to_reference"] == pytest.approx(reached)
-    assert deterministic["speedup"] == pytest.approx(62 / reached)
-    assert [(p["num_updates"], p["seconds"], p["ppl"]) for p in deterministic["valid"]] == [
-        (150, 18.0, 70.0), (250, 30.0, 49.5), (400, 48.0, 45.0)
-    ]
+    assert deterministic["seconds_to_reference"]["mean"] == pytest.approx(reached)
+    assert deterministic["speedup"]["mean"] == pytest.approx(62 / reached)
+    assert deterministic["reached"] == 1 and deterministic["trailing_ppl"] is None
+    assert [(p["num_updates"], p["seconds"], p["ppl"]) for p in deterministic["runs"][0]["valid"]] \
+        == [(150, 18.0, 70.0), (250, 30.0, 49.5), (400, 48.0, 45.0)]
     assert deterministic["total_params"] == 3_456_789
     assert deterministic["active_params"] == 1_111_111
     assert deterministic["train_flops_per_token"] == 2_520_000 and deterministic["log_complete"]
     assert partial["seconds_to_reference"] is None and partial["speedup"] is None
     assert not partial["log_complete"] and partial["prediction_fraction"] == 0.75
-    assert [p["seconds"] for p in partial["valid"]] == [20.0, 40.0, 50.0]
+    assert [p["seconds"] for p in partial["runs"][0]["valid"]] == [20.0, 40.0, 50.0]
     assert transformer["prediction_fraction"] is None
 
 
@@ -204,14 +227,14 @@ def test_partial_prediction_note_appears_only_with_such_a_system(runs_dir, tmp_p
     main([str(runs_dir), "--out", str(tmp_path / "with")])
     with_partial = (tmp_path / "with" / "results.md").read_text()
     assert ("‡ smlp_partial is trained and validated with --task partial_prediction_lm: its "
-            "perplexity covers the trailing 75% of each block only") in with_partial
-    assert "† smlp_partial: the log ends without fairseq's closing" in with_partial
+            "validation perplexity covers the trailing 75% of each block only") in with_partial
+    assert "† smlp_partial: a log ends without fairseq's closing" in with_partial
 
     for name in ("transformer", "smlp_deterministic"):
         write_run(tmp_path / "without", name)
     main([str(tmp_path / "without")])
     without = (tmp_path / "without" / "results.md").read_text()
-    assert "partial_prediction_lm" not in without and "trailing" not in without
+    assert "is trained and validated with --task partial_prediction_lm" not in without
     assert "†" not in without and "‡" not in without
 
 
@@ -271,7 +294,7 @@ def test_command_line_prints_the_table_and_writes_into_runs_dir(runs_dir):
         cwd=REPO, env=env, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| smlp_deterministic | smlp_deterministic_tiny | 45.00 | 45.00 | 400 |" in result.stdout
+    assert "| smlp_deterministic | smlp_deterministic_tiny | 1 | 45.00 | — | 400 |" in result.stdout
     assert "DEBUG" not in result.stderr
     for name in ("results.md", "results.json", "valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"):
         assert (runs_dir / name).is_file()
@@ -414,3 +437,103 @@ def test_no_zero_shot_table_without_scores_and_a_clear_error_for_a_bad_one(runs_
     with pytest.raises(SystemExit):
         main([str(runs_dir), "--out", str(tmp_path / "bad")])
     assert "zero_shot/copa.json: no 'headline'; write it with" in capsys.readouterr().err
+
+
+# A second seed of each system: transformer ends at 52 (the highest final of its seeds, so the
+# perplexity every run is timed to reach), smlp_deterministic reaches 52 between 60 (10 s) and 51
+# (20 s).
+SECOND_SEED = {
+    "transformer": [
+        train_inner(1, 100, 10), train_inner(1, 200, 20), valid(1, 200, 70.0),
+        train_inner(1, 300, 30), valid(1, 300, 52.0), train_epoch(1, 300, 31, 2048, 25), DONE,
+    ],
+    "smlp_deterministic": [
+        train_inner(1, 100, 10), valid(1, 100, 60.0), train_inner(1, 200, 20),
+        valid(1, 200, 51.0), train_epoch(1, 200, 21, 2048, 18), DONE,
+    ],
+    "smlp_partial": LOGS["smlp_partial"],
+}
+# Trailing perplexities of seeds 1 and 2: smlp_partial, last on the whole-block column, is first.
+TRAILING = {"transformer": (48.0, 50.0), "smlp_deterministic": (44.0, 46.0),
+            "smlp_partial": (40.0, 42.0)}
+
+
+@pytest.fixture
+def seeds_dir(tmp_path):
+    for name in LOGS:
+        write_seed(tmp_path / "seeds", name, 1, LOGS[name], TRAILING[name][0])
+        write_seed(tmp_path / "seeds", name, 2, SECOND_SEED[name], TRAILING[name][1])
+    return tmp_path / "seeds"
+
+
+def test_seeds_give_means_and_ranges_and_the_trailing_column_ranks(seeds_dir):
+    main([str(seeds_dir)])
+    rows = {row["system"]: row for row in table((seeds_dir / "results.md").read_text())}
+    assert list(rows) == ["smlp_partial‡†", "smlp_deterministic", "transformer"]
+    # Transformer's seeds reach 52: seed 1 between 55 (42 s) and 50 (62 s), seed 2 at 30 s.
+    transformer_seconds = (42 + math.log(55 / 52) / math.log(55 / 50) * 20 + 30) / 2
+    # smlp_deterministic's: seed 1 between 70 (18 s) and 49.5 (30 s), seed 2 between 60 and 51.
+    seconds = (18 + math.log(70 / 52) / math.log(70 / 49.5) * 12,
+               10 + math.log(60 / 52) / math.log(60 / 51) * 10)
+    speedups = sorted(transformer_seconds / t for t in seconds)
+    reach = "time to ppl 52.00 (transformer)"
+    deterministic = rows["smlp_deterministic"]
+    assert deterministic["seeds"] == "2"
+    assert deterministic["valid ppl (final)"] == "48.00 (45.00–51.00)"
+    assert deterministic["valid ppl (trailing)"] == "45.00 (44.00–46.00)"
+    assert deterministic["updates"] == "300 (200–400)"
+    assert deterministic["speed-up"] == (
+        f"{sum(speedups) / 2:.2f}x ({speedups[0]:.2f}–{speedups[1]:.2f}x)")
+    assert rows["transformer"]["valid ppl (final)"] == "51.00 (50.00–52.00)"
+    assert rows["smlp_partial‡†"]["valid ppl (trailing)"] == "41.00 (40.00–42.00)"
+    assert rows["smlp_partial‡†"][reach] == "—"
+
+    results = json.loads((seeds_dir / "results.json").read_text())
+    assert results["ranked_on_trailing"] and results["reference_valid_ppl"] == 52.0
+    spread = results["systems"]["smlp_deterministic"]["trailing_ppl"]
+
+    def near(ppl):  # as 2 ** the base-2 loss that fairseq-eval-lm prints to four decimals
+        return pytest.approx(ppl, rel=1e-4)
+
+    assert spread["mean"] == near(45.0) and spread["values"] == [near(44.0), near(46.0)]
+    assert spread["min"] == near(44.0) and spread["max"] == near(46.0)
+    assert spread["std"] == pytest.approx(math.sqrt(2), abs=0.01)
+    timed = results["systems"]["smlp_deterministic"]["seconds_to_reference"]["values"]
+    assert timed == [pytest.approx(t) for t in seconds]
+    assert [run["seed"] for run in results["systems"]["transformer"]["runs"]] == [1, 2]
+
+
+def test_seeds_that_did_not_all_reach_the_target_are_counted_not_averaged(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        write_seed(runs, "transformer", seed, (LOGS, SECOND_SEED)[seed - 1]["transformer"])
+    write_seed(runs, "smlp_deterministic", 1, LOGS["smlp_deterministic"])
+    write_seed(runs, "smlp_deterministic", 2, [
+        train_inner(1, 100, 10), valid(1, 100, 60.0), train_epoch(1, 100, 11, 2048, 9), DONE])
+    main([str(runs)])
+    row = {row["system"]: row for row in table((runs / "results.md").read_text())}[
+        "smlp_deterministic"]
+    assert row["time to ppl 52.00 (transformer)"] == "1 of 2 seeds" and row["speed-up"] == "—"
+
+
+def test_the_plots_band_spans_the_seeds_around_their_geometric_mean(seeds_dir):
+    """Transformer's seeds both validate at 20 s (80 and 70) and 30 s (60 and 52); seed 2 ends
+    there, so the band spans 20 to 30 s."""
+    report = summarize(read_runs(seeds_dir), None)
+    transformer = next(row for row in report.rows if row.system == "transformer")
+    x, mean, low, high = seed_band(transformer, lambda point: point.seconds)
+    assert (x[0], x[-1]) == (20.0, 30.0)
+    assert (mean[0], low[0], high[0]) == (pytest.approx(math.sqrt(80 * 70)), pytest.approx(70),
+                                          pytest.approx(80))
+    assert (mean[-1], low[-1], high[-1]) == (pytest.approx(math.sqrt(60 * 52)),
+                                             pytest.approx(52), pytest.approx(60))
+    main([str(seeds_dir)])
+    pixels = image.imread(seeds_dir / "valid_ppl_vs_time.png")
+    assert pixels.shape == (540, 840, 4) and pixels[..., :3].std() > 0.05
+
+
+def test_an_eval_lm_log_without_its_result_is_named(seeds_dir, capsys):
+    log = seeds_dir / "transformer" / "seed2" / "valid_trailing.log"
+    log.write_text("Traceback (most recent call last):\n")
+    assert f"{log}: no 'Loss (base 2): ..., Perplexity: ...' line" in report_error(
+        capsys, seeds_dir)
