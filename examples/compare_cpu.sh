@@ -1,40 +1,56 @@
 #!/usr/bin/env bash
 # The paper's comparison at CPU scale: train every system (dense Transformer, gMLP, sMLP with
 # deterministic routing and with partial prediction, GShard, Switch, BASE, Hash), each sized to
-# the same training FLOPs per token, on the bundled corpus for the same wall-clock budget, then
-# write the report (a markdown table and plots of validation perplexity against time and updates).
+# the same training FLOPs per token, on the bundled corpus for the same wall-clock budget, once
+# per seed; score each final checkpoint on the trailing 80% of every validation block; then
+# write the report (a markdown table of means and spreads over the seeds, and plots of
+# validation perplexity against time and updates).
 #
-#   examples/compare_cpu.sh [--minutes M] [--data DIR] [--out DIR] [--systems a,b,...]
+#   examples/compare_cpu.sh [--minutes M] [--seeds N] [--data DIR] [--out DIR]
+#                           [--systems a,b,...] [--sweep-experts 1,4,16]
 #                           [-- extra fairseq-train flags]
 #
-#   --minutes   wall-clock budget of each system, validation included (default 3.5: about 30
-#               minutes for all eight on 2 cores)
-#   --data      a prepared corpus (DIR/bin); the bundled one is prepared there if missing
-#               (default data/sotu)
-#   --out       where the runs and the report go (default runs/compare_cpu)
-#   --systems   a comma-separated subset (default: all; names from
-#               `python -m fairseq_smlp.comparison.systems list`); the runs of other systems
-#               already in --out stay and are reported with them
+#   --minutes        wall-clock budget of each run, validation included (default 3.5)
+#   --seeds          runs of each system, with seeds 1 to N (default 3: about 95 minutes for
+#                    all eight systems on 2 cores)
+#   --data           a prepared corpus (DIR/bin); the bundled one is prepared there if missing
+#                    (default data/sotu)
+#   --out            where the runs and the report go (default runs/compare_cpu, or
+#                    runs/compare_cpu_experts with --sweep-experts)
+#   --systems        a comma-separated subset (default: all, or smlp_deterministic,switch with
+#                    --sweep-experts; names from `python -m fairseq_smlp.comparison.systems
+#                    list`); runs of other systems already in --out stay and are reported
+#   --sweep-experts  train each system once per expert count instead, as <system>_e<count>;
+#                    the FLOPs per token stay those of the system (experts are chosen, not added)
 #
-# Every system gets the same training recipe (below); its task, criterion, arch and size come
-# from fairseq_smlp/comparison/systems.py. Flags after `--` go last to every fairseq-train and
-# override the recipe. Perplexities on this corpus are per token of its own vocabulary and are not
-# comparable with published numbers.
+# Every run gets the same training recipe (below); its task, criterion, arch and size come from
+# fairseq_smlp/comparison/systems.py. Flags after `--` go last to every fairseq-train and
+# override the recipe. Each run lands in OUT/<system>/seed<N>/: fairseq's log (train.log),
+# system.json (its FLOPs and parameters), checkpoints, and valid_trailing.log, fairseq-eval-lm's
+# perplexity of the last checkpoint over the trailing 80% of each validation block
+# (--task partial_prediction_lm), the column on which every system, smlp_partial included, is
+# ranked. Perplexities on this corpus are per token of its own vocabulary and are not comparable
+# with published numbers.
 set -euo pipefail
 
 minutes=3.5
+seeds=3
 data=data/sotu
-out=runs/compare_cpu
+out=""
 systems=""
+sweep=""
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) minutes="$2"; shift 2 ;;
+    --seeds) seeds="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --systems) systems="$2"; shift 2 ;;
+    --sweep-experts) sweep="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    *) echo "compare_cpu.sh: unknown option '$1' (valid: --minutes, --data, --out, --systems, --)" >&2
+    *) echo "compare_cpu.sh: unknown option '$1' (valid: --minutes, --seeds, --data, --out," \
+         "--systems, --sweep-experts, --)" >&2
        exit 2 ;;
   esac
 done
@@ -42,42 +58,92 @@ if ! [[ $minutes =~ ^[0-9]*\.?[0-9]+$ ]] || [[ $minutes =~ ^0*\.?0*$ ]]; then
   echo "compare_cpu.sh: --minutes must be a positive number of minutes; got '$minutes'" >&2
   exit 2
 fi
+if ! [[ $seeds =~ ^[1-9][0-9]*$ ]]; then
+  echo "compare_cpu.sh: --seeds must be a whole number of runs, 1 or more; got '$seeds'" >&2
+  exit 2
+fi
+if [ -n "$sweep" ] && ! [[ $sweep =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]]; then
+  echo "compare_cpu.sh: --sweep-experts takes expert counts, 1 or more, separated by commas" \
+    "(e.g. 1,4,16); got '$sweep'" >&2
+  exit 2
+fi
 
 # The package's directory, found without importing it (and fairseq with it).
 USER_DIR=$(python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("fairseq_smlp").origin))')
 SYSTEMS=(python "$USER_DIR/comparison/systems.py")  # needs nothing but the standard library
 [ -f "$data/bin/dict.txt" ] || bash "$(dirname "$0")/prepare_data.sh" --dest "$data"
-if [ -z "$systems" ]; then
-  systems=$("${SYSTEMS[@]}" list | paste -sd, -)
+if [ -n "$sweep" ]; then
+  out=${out:-runs/compare_cpu_experts}
+  systems=${systems:-smlp_deterministic,switch}
+  IFS=, read -ra counts <<< "$sweep"
+else
+  out=${out:-runs/compare_cpu}
+  systems=${systems:-$("${SYSTEMS[@]}" list | paste -sd, -)}
+  counts=("")
 fi
 stop_hours=$(python -c "print($minutes / 60)")
 
+# Validation every 50 updates (ten or more points a run) on the first 20 batches of the
+# validation set, so that it takes a small share of the budget; the trailing-80% score at the
+# end reads all of it.
 RECIPE=(
   --sample-break-mode none --batch-size 16
   --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0
   --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 100
   --stop-time-hours "$stop_hours" --max-update 1000000
-  --validate-interval-updates 50 --no-epoch-checkpoints
-  --seed 1 --cpu --num-workers 0 --log-format json --log-interval 50
+  --validate-interval-updates 50 --max-valid-steps 20 --no-epoch-checkpoints
+  --cpu --num-workers 0 --log-format json --log-interval 50
 )
 
+# The systems' flags, checked before anything trains.
 IFS=, read -ra names <<< "$systems"
+declare -A system_flags
 for name in "${names[@]}"; do
-  mapfile -t flags < <("${SYSTEMS[@]}" flags "$name" --scale cpu)
-  run="$out/$name"
-  rm -rf "$run"
-  mkdir -p "$run"
-  echo "== $name: $minutes minutes (fairseq-train log: $run/train.log)"
-  # The extra flags may change the model: its FLOPs and parameters are counted with them.
-  python -m fairseq_smlp.comparison.flops "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" \
-    "${extra[@]}" --json > "$run/system.json"
-  # fairseq's progress lines on the terminal, its whole output in the log.
-  if ! fairseq-train "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" "${RECIPE[@]}" \
-    --save-dir "$run/checkpoints" "${extra[@]}" 2>&1 | tee "$run/train.log" |
-    { grep --line-buffered -E '\| (train_inner|valid) \|' || true; }; then
-    echo "compare_cpu.sh: fairseq-train failed for '$name'; see $run/train.log" >&2
+  for count in "${counts[@]}"; do
+    flags=$("${SYSTEMS[@]}" flags "$name" --scale cpu ${count:+--experts "$count"}) || exit 2
+    system_flags["$name${count:+_e$count}"]=$flags
+  done
+done
+
+# fairseq-eval-lm's perplexity over the trailing 80% of every validation block, from the run's
+# last checkpoint, with the block length it trained on.
+score_trailing() {
+  local run=$1 checkpoint=$1/checkpoints/checkpoint_last.pt block
+  [ -f "$checkpoint" ] || return 0  # --no-save: nothing to score
+  block=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["tokens_per_sample"])' \
+    "$run/system.json")
+  if ! fairseq-eval-lm "$data/bin" --user-dir "$USER_DIR" --path "$checkpoint" \
+      --task partial_prediction_lm --tokens-per-sample "$block" --sample-break-mode none \
+      --gen-subset valid --batch-size 16 --cpu --num-workers 0 > "$run/valid_trailing.log" 2>&1
+  then
+    echo "compare_cpu.sh: fairseq-eval-lm failed on $checkpoint; see $run/valid_trailing.log" >&2
     exit 1
   fi
+}
+
+for name in "${names[@]}"; do
+  for count in "${counts[@]}"; do
+    label="$name${count:+_e$count}"
+    mapfile -t flags <<< "${system_flags[$label]}"
+    rm -rf "${out:?}/$label"
+    for seed in $(seq 1 "$seeds"); do
+      run="$out/$label/seed$seed"
+      mkdir -p "$run"
+      echo "== $label, seed $seed: $minutes minutes (fairseq-train log: $run/train.log)"
+      # The extra flags may change the model: its FLOPs and parameters are counted with them.
+      python -m fairseq_smlp.comparison.flops "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" \
+        "${extra[@]}" --json > "$run/system.json"
+      # fairseq's progress lines on the terminal, its whole output in the log.
+      if ! fairseq-train "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" "${RECIPE[@]}" \
+        --seed "$seed" --save-dir "$run/checkpoints" "${extra[@]}" 2>&1 | tee "$run/train.log" |
+        { grep --line-buffered -E '\| (train_inner|valid) \|' || true; }; then
+        echo "compare_cpu.sh: fairseq-train failed for '$label' (seed $seed); see" \
+          "$run/train.log" >&2
+        exit 1
+      fi
+      score_trailing "$run"
+    done
+  done
 done
 
 python -m fairseq_smlp.comparison.report "$out"

@@ -5,8 +5,9 @@
 #
 #   examples/zero_shot_cpu.sh [--out DIR] [--tasks a,b,...] [--max-examples N]
 #
-#   --out           the comparison's directory (default runs/compare_cpu); each system's
-#                   checkpoints/checkpoint_best.pt is scored into DIR/<system>/zero_shot/
+#   --out           the comparison's directory (default runs/compare_cpu); each run's
+#                   checkpoints/checkpoint_best.pt is scored into its zero_shot/ directory
+#                   (DIR/<system>/seed<N>/, or DIR/<system>/ for a single run)
 #   --tasks         default copa,piqa,winogrande,hellaswag
 #   --max-examples  score only the first N examples of each task (default: all)
 #
@@ -29,7 +30,7 @@ done
 
 IFS=, read -ra task_names <<< "$tasks"
 scored=0
-for run in "$out"/*/; do
+for run in "$out"/*/ "$out"/*/seed*/; do
   checkpoint="$run/checkpoints/checkpoint_best.pt"
   [ -f "$checkpoint" ] || continue
   mkdir -p "$run/zero_shot"
@@ -45,7 +46,7 @@ for run in "$out"/*/; do
   scored=$((scored + 1))
 done
 if [ "$scored" -eq 0 ]; then
-  echo "zero_shot_cpu.sh: no $out/<system>/checkpoints/checkpoint_best.pt: run" \
+  echo "zero_shot_cpu.sh: no $out/<system>/seed<N>/checkpoints/checkpoint_best.pt: run" \
     "examples/compare_cpu.sh --out $out first" >&2
   exit 1
 fi

@@ -25,7 +25,7 @@ scale.
 
 import argparse
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 SCALES = ("cpu", "gpu", "paper")
 TOKENS_PER_SAMPLE = {"cpu": 128, "gpu": 1024, "paper": 1024}
@@ -33,6 +33,8 @@ TOKENS_PER_SAMPLE = {"cpu": 128, "gpu": 1024, "paper": 1024}
 GPU_TRANSFORMER = ("--decoder-layers", "4", "--decoder-ffn-embed-dim", "3072")
 
 LM, PARTIAL_LM = "language_modeling", "partial_prediction_lm"
+SMLP_EXPERTS = ("--smoe-expert-count", "--moe-expert-count")
+MOE_EXPERTS = ("--moe-expert-count",)
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,25 @@ class System:
     task: str
     criterion: str
     model_flags: Dict[str, Tuple[str, ...]]  # scale -> --arch and size flags
+    expert_flags: Tuple[str, ...] = ()  # the flags that set its expert counts; () if dense
 
-    def flags(self, scale: str) -> List[str]:
+    def flags(self, scale: str, experts: Optional[int] = None) -> List[str]:
         """fairseq-train flags that pick this system at ``scale``: task, criterion, arch, size
-        and context. Training hyperparameters are the caller's."""
+        and context, with ``experts`` experts in every MoE layer when given. Training
+        hyperparameters are the caller's."""
         if scale not in SCALES:
             raise ValueError(f"--scale must be one of {', '.join(SCALES)}; got '{scale}'")
+        counts: List[str] = []
+        if experts is not None:
+            if not self.expert_flags:
+                raise ValueError(f"--experts {experts}: {self.name} has no experts")
+            if experts < 1:
+                raise ValueError(f"--experts must be at least 1; got {experts}")
+            for flag in self.expert_flags:
+                counts += [flag, str(experts)]
         return [
             "--task", self.task, "--criterion", self.criterion, *self.model_flags[scale],
-            "--tokens-per-sample", str(TOKENS_PER_SAMPLE[scale]),
+            *counts, "--tokens-per-sample", str(TOKENS_PER_SAMPLE[scale]),
         ]
 
 
@@ -85,6 +97,7 @@ SYSTEMS: Tuple[System, ...] = (
             "paper": ("--arch", "smlp_deterministic", "--decoder-layers", "28",
                       "--sparse-layers", "14"),
         },
+        SMLP_EXPERTS,
     ),
     System(
         "smlp_partial", "sMLP, partial prediction", PARTIAL_LM, "partial_prediction_cross_entropy",
@@ -93,6 +106,7 @@ SYSTEMS: Tuple[System, ...] = (
             "gpu": ("--arch", "smlp_partial", "--decoder-layers", "4", "--sparse-layers", "2"),
             "paper": ("--arch", "smlp_partial", "--decoder-layers", "28", "--sparse-layers", "14"),
         },
+        SMLP_EXPERTS,
     ),
     System(
         "gshard", "GShard (top-2)", LM, "moe_cross_entropy",
@@ -103,6 +117,7 @@ SYSTEMS: Tuple[System, ...] = (
                     "1536"),
             "paper": ("--arch", "transformer_lm_gshard", "--moe-expert-ffn-dim", "2048"),
         },
+        MOE_EXPERTS,
     ),
     System(
         "switch", "Switch (top-1)", LM, "moe_cross_entropy",
@@ -111,6 +126,7 @@ SYSTEMS: Tuple[System, ...] = (
             "gpu": ("--arch", "transformer_lm_switch", *GPU_TRANSFORMER),
             "paper": ("--arch", "transformer_lm_switch"),
         },
+        MOE_EXPERTS,
     ),
     System(
         "base", "BASE layers", LM, "moe_cross_entropy",
@@ -119,6 +135,7 @@ SYSTEMS: Tuple[System, ...] = (
             "gpu": ("--arch", "transformer_lm_base", *GPU_TRANSFORMER),
             "paper": ("--arch", "transformer_lm_base"),
         },
+        MOE_EXPERTS,
     ),
     System(
         "hash", "Hash layers", LM, "moe_cross_entropy",
@@ -127,6 +144,7 @@ SYSTEMS: Tuple[System, ...] = (
             "gpu": ("--arch", "transformer_lm_hash", *GPU_TRANSFORMER),
             "paper": ("--arch", "transformer_lm_hash"),
         },
+        MOE_EXPERTS,
     ),
 )
 
@@ -153,12 +171,14 @@ def main(argv=None) -> None:
     )
     flags.add_argument("name", help="a system name from 'list'")
     flags.add_argument("--scale", choices=SCALES, default="cpu", help="which size (default: cpu)")
+    flags.add_argument("--experts", type=int, default=None,
+                       help="experts in every MoE layer (default: the scale's own)")
     args = parser.parse_args(argv)
     if args.command == "list":
         print("\n".join(s.name for s in SYSTEMS))
         return
     try:
-        print("\n".join(system(args.name).flags(args.scale)))
+        print("\n".join(system(args.name).flags(args.scale, args.experts)))
     except ValueError as error:
         parser.error(str(error))
 

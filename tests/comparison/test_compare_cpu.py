@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fairseq import tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -17,6 +19,8 @@ from fairseq_smlp.comparison.systems import SYSTEMS, system
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET_MINUTES = 0.01
+# Small batches, a short validation, a log line per update, no checkpoints.
+TINY = ("--batch-size", "4", "--max-valid-steps", "2", "--log-interval", "1", "--no-save")
 
 
 def compare(*args):
@@ -27,22 +31,21 @@ def compare(*args):
 
 def test_every_system_trains_for_the_budget_and_reaches_the_report(data_dir, tmp_path):
     out = tmp_path / "runs"
-    result = compare("--minutes", str(BUDGET_MINUTES), "--data", str(data_dir.parent),
-                     "--out", str(out), "--", "--batch-size", "4", "--max-valid-steps", "2",
-                     "--log-interval", "1", "--no-save")
+    result = compare("--minutes", str(BUDGET_MINUTES), "--seeds", "1", "--data",
+                     str(data_dir.parent), "--out", str(out), "--", *TINY)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
     rows = results["systems"]
     assert set(rows) == {s.name for s in SYSTEMS}
     for name, row in rows.items():
-        log = (out / name / "train.log").read_text()
+        log = (out / name / "seed1" / "train.log").read_text()
         # The wall-clock budget is what stopped it, well before an epoch of the slice.
         assert f"'stop_time_hours': {BUDGET_MINUTES / 60}" in log
         assert re.search(r"Stopping training due to cumulative_training_time: [0-9.e-]+ > "
                          r"stop_time_hours", log)
-        assert 1 <= row["num_updates"] <= 5, name
-        system = json.loads((out / name / "system.json").read_text())
+        assert row["seeds"] == 1 and 1 <= row["num_updates"]["mean"] <= 5, name
+        system = json.loads((out / name / "seed1" / "system.json").read_text())
         assert row["train_flops_per_token"] == system["train_flops_per_token"]
         # fairseq's dump of its configuration names the arch it built.
         arch = system["arch"]
@@ -54,26 +57,77 @@ def test_every_system_trains_for_the_budget_and_reaches_the_report(data_dir, tmp
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_budget_that_is_not_a_positive_number_is_refused(tmp_path):
+def test_two_seeds_give_a_mean_and_spread_and_a_trailing_score_from_eval_lm(data_dir, tmp_path):
+    """Two seeds, checkpoints kept: each seed trains with its own --seed and fairseq-eval-lm
+    scores its last checkpoint on the trailing 80% of every block. smlp_partial is trained and
+    validated on those same positions: the score of its last checkpoint is its last
+    validation's, here where that validation reads the whole set too (fairseq's batching of the
+    validation set drops its last sentences when --batch-size is below
+    --required-batch-size-multiple, 8 by default)."""
+    out = tmp_path / "runs"
+    result = compare("--minutes", str(BUDGET_MINUTES), "--seeds", "2", "--data",
+                     str(data_dir.parent), "--out", str(out), "--systems", "smlp_partial", "--",
+                     "--batch-size", "4", "--required-batch-size-multiple", "1",
+                     "--log-interval", "1", "--max-valid-steps", "100000")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["ranked_on_trailing"]
+    for name, row in results["systems"].items():
+        assert row["seeds"] == 2 and [run["seed"] for run in row["runs"]] == [1, 2]
+        for seed in (1, 2):
+            assert f"'seed': {seed}," in (out / name / f"seed{seed}" / "train.log").read_text()
+        trailing = row["trailing_ppl"]
+        assert trailing["min"] <= trailing["mean"] <= trailing["max"]
+        assert len(trailing["values"]) == 2 and trailing["values"][0] != trailing["values"][1]
+    partial = results["systems"]["smlp_partial"]
+    for run, scored in zip(partial["runs"], partial["trailing_ppl"]["values"]):
+        assert scored == pytest.approx(run["final_valid_ppl"], rel=1e-3)
+    assert "(" in (out / "results.md").read_text().split("| smlp_partial‡ |")[1].split("\n")[0]
+    assert (out / "valid_ppl_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_expert_sweep_names_each_count(data_dir, tmp_path):
+    out = tmp_path / "sweep"
+    result = compare("--minutes", str(BUDGET_MINUTES), "--seeds", "1", "--data",
+                     str(data_dir.parent), "--out", str(out), "--systems", "switch",
+                     "--sweep-experts", "1,2", "--", *TINY)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert set(json.loads((out / "results.json").read_text())["systems"]) == {
+        "switch_e1", "switch_e2"}
+    log = (out / "switch_e2" / "seed1" / "train.log").read_text()
+    assert "'moe_expert_count': 2" in log
+
+
+def test_bad_options_are_refused_before_anything_trains(tmp_path):
     for bad in ("0", "-1", "ten"):
         result = compare("--minutes", bad, "--out", str(tmp_path))
         assert result.returncode == 2
         assert f"--minutes must be a positive number of minutes; got '{bad}'" in result.stderr
+    for option, bad, message in (
+        ("--seeds", "0", "--seeds must be a whole number of runs, 1 or more; got '0'"),
+        ("--sweep-experts", "4,x", "--sweep-experts takes expert counts, 1 or more, separated"),
+    ):
+        result = compare(option, bad, "--out", str(tmp_path))
+        assert result.returncode == 2 and message in result.stderr
+    result = compare("--sweep-experts", "4", "--systems", "gmlp", "--out", str(tmp_path))
+    assert result.returncode == 2 and "--experts 4: gmlp has no experts" in result.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_extra_flags_reach_the_flops_count_and_a_failed_run_is_named(data_dir, tmp_path):
     """--decoder-layers 2 after '--' shrinks the model: system.json counts the parameters of the
     model fairseq builds with it. fairseq-train then fails on an unwritable --save-dir."""
     out = tmp_path / "runs"
-    result = compare("--minutes", str(BUDGET_MINUTES), "--data", str(data_dir.parent),
-                     "--out", str(out), "--systems", "gmlp", "--", "--decoder-layers", "2",
+    result = compare("--minutes", str(BUDGET_MINUTES), "--seeds", "1", "--data",
+                     str(data_dir.parent), "--out", str(out), "--systems", "gmlp", "--",
+                     "--decoder-layers", "2",
                      "--save-dir", "/proc/no-such-dir/checkpoints")
     assert result.returncode == 1
-    assert "compare_cpu.sh: fairseq-train failed for 'gmlp'; see " in result.stderr
+    assert "compare_cpu.sh: fairseq-train failed for 'gmlp' (seed 1); see " in result.stderr
 
     args = parse_training_args([str(data_dir), *system("gmlp").flags("cpu"),
                                 "--decoder-layers", "2"])
     cfg = convert_namespace_to_omegaconf(args)
     model = tasks.setup_task(cfg.task).build_model(cfg.model)
     built = sum(p.numel() for p in model.parameters())
-    assert json.loads((out / "gmlp" / "system.json").read_text())["total_params"] == built
+    assert json.loads((out / "gmlp" / "seed1" / "system.json").read_text())["total_params"] == built

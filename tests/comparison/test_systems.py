@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import build_model
 
 from fairseq_smlp.comparison.flops import model_costs, parse_training_args
 from fairseq_smlp.comparison.systems import REFERENCE, SCALES, SYSTEMS, system
@@ -41,6 +42,26 @@ def test_systems_of_a_scale_cost_the_same_flops_per_token(scale):
     off = {name: f"{value / reference - 1:+.2%}" for name, value in flops.items()
            if abs(value / reference - 1) > 0.01}
     assert not off, f"more than 1% from {REFERENCE[scale]}'s FLOPs per token: {off}"
+
+
+@pytest.mark.parametrize("name", ["smlp_deterministic", "switch"])
+def test_an_expert_count_sets_every_moe_layer_and_keeps_the_flops(name):
+    """The expert-count sweep: 1, 4 and 16 experts in every MoE layer of the model the flags
+    build, at the cpu scale's FLOPs per token (a token still runs one expert; only the gate
+    grows)."""
+    reference = model_costs(parse(system(REFERENCE["cpu"]).flags("cpu")), VOCAB["cpu"])
+    for experts in (1, 4, 16):
+        args = parse(system(name).flags("cpu", experts))
+        costs = model_costs(args, VOCAB["cpu"])
+        assert abs(costs.train_flops_per_token / reference.train_flops_per_token - 1) < 0.01
+        counts = {key: value for key, value in vars(args).items() if key.endswith("expert_count")}
+        model = build_model(args.arch, tokens_per_sample=128, **counts)
+        assert {module.num_experts for module in model.modules()
+                if hasattr(module, "num_experts")} == {experts}
+    with pytest.raises(ValueError, match="--experts 4: gmlp has no experts"):
+        system("gmlp").flags("cpu", 4)
+    with pytest.raises(ValueError, match="--experts must be at least 1; got 0"):
+        system(name).flags("cpu", 0)
 
 
 def test_unknown_system_and_scale_name_what_is_valid():
