@@ -14,6 +14,7 @@ from torch import nn
 
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
 from .balanced_assignment import balanced_assignment
+from .causal_product import causal_product
 from .column_permutation import inverse_permutation, permute_columns
 from .expert_load import load_cv
 from .spatial_projection import CausalSpatialProjection
@@ -45,6 +46,18 @@ class SpatialExperts(CausalSpatialProjection):
         mixed = run_experts(rows, self.forward_rows, self.placement)  # (E, N', L')
         mixed = mixed[:, :batch * columns, :length].view(self.num_experts, batch, columns, length)
         return mixed.permute(1, 3, 0, 2).reshape(batch, length, width)
+
+    def forward_ordered(self, x: torch.Tensor, order: torch.Tensor,
+                        inverse: torch.Tensor) -> torch.Tensor:
+        """The maps on each sequence's columns taken in ``order`` (B, H), chunk e of the
+        ordered columns to map e; the output in x's column order. ``inverse`` is the inverse
+        permutation of ``order``."""
+        if self.placement.is_parallel:
+            grouped = permute_columns(x, order, inverse)  # (B, L, H), chunk e for expert e
+            return permute_columns(self(grouped), inverse, order)  # back to column order
+        length = x.size(1)
+        return causal_product(x, *self.maps(length), self.causal_mask[:length, :length],
+                              order, inverse)
 
     def forward_last(self, past: torch.Tensor) -> torch.Tensor:
         if self.placement.is_parallel:
@@ -92,8 +105,7 @@ class PartialPredictionSMoE(nn.Module):
         gate = torch.sigmoid(scores.gather(2, expert.unsqueeze(-1))).transpose(1, 2)  # (B, 1, H)
         order = expert.argsort(dim=1, stable=True)  # (B, H): expert 0's columns first, ...
         inverse = inverse_permutation(order)
-        grouped = permute_columns(z, order, inverse)  # (B, L, H), chunk e for expert e
-        mixed = permute_columns(self.experts(grouped), inverse, order)  # back to column order
+        mixed = self.experts.forward_ordered(z, order, inverse)  # (B, L, H)
         self.last_assignment = expert.detach()
         greedy = scores.detach().max(-1).indices  # (B, H)
         self.stats = {"greedy_load_cv": load_cv(greedy, self.num_experts)}

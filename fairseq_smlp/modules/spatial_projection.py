@@ -1,7 +1,11 @@
 """Causal position-mixing maps: the (T x T) linear layers that replace attention in gMLP."""
 
+from typing import Tuple
+
 import torch
 from torch import nn
+
+from .causal_product import causal_product
 
 # gMLP (Liu et al. 2021) initialises the spatial weights "near zero" and the bias to one, so a
 # fresh spatial gating unit is close to the identity; lucidrains/g-mlp-pytorch draws the weights
@@ -39,14 +43,20 @@ class CausalSpatialProjection(nn.Module):
 
     def causal_weight(self, length: int) -> torch.Tensor:
         """(G, L, L): the causal mask, entries above the diagonal (s > t) never contribute."""
-        return self.weight[:, :length, :length] * self.causal_mask[:length, :length]
+        weight, _ = self.maps(length)
+        return weight * self.causal_mask[:length, :length]
+
+    def maps(self, length: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Weights (G, L, L) and biases (G, L) for inputs of length L, unmasked; the whole
+        parameters when L = T, so that autograd pads no slice of them in every step."""
+        if length == self.max_positions:
+            return self.weight, self.bias
+        return self.weight[:, :length, :length], self.bias[:, :length]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        chunks = x.view(batch, length, self.num_maps, width // self.num_maps)  # (B, L, G, C)
-        bias = self.bias[:, :length].t().unsqueeze(-1)  # (L, G, 1)
-        mixed = torch.einsum("gts,bsgc->btgc", self.causal_weight(length), chunks) + bias
-        return mixed.reshape(batch, length, width)  # (B, L, H)
+        length = x.size(1)
+        mask = self.causal_mask[:length, :length]
+        return causal_product(x, *self.maps(length), mask)  # (B, L, H)
 
     def forward_last(self, past: torch.Tensor) -> torch.Tensor:
         """The output at the last of the t positions of ``past`` (B, t, H), which is all it
