@@ -69,7 +69,8 @@ if [ -n "$sweep" ] && ! [[ $sweep =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]]; then
 fi
 
 # The package's directory, found without importing it (and fairseq with it).
-USER_DIR=$(python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("fairseq_smlp").origin))')
+USER_DIR=$(python -c 'import importlib.util, os
+print(os.path.dirname(importlib.util.find_spec("fairseq_smlp").origin))')
 SYSTEMS=(python "$USER_DIR/comparison/systems.py")  # needs nothing but the standard library
 [ -f "$data/bin/dict.txt" ] || bash "$(dirname "$0")/prepare_data.sh" --dest "$data"
 if [ -n "$sweep" ]; then

@@ -93,7 +93,8 @@ SYSTEMS: Tuple[System, ...] = (
         "smlp_deterministic", "sMLP, deterministic routing", LM, "moe_cross_entropy",
         {
             "cpu": ("--arch", "smlp_deterministic_tiny"),
-            "gpu": ("--arch", "smlp_deterministic", "--decoder-layers", "4", "--sparse-layers", "2"),
+            "gpu": ("--arch", "smlp_deterministic", "--decoder-layers", "4",
+                    "--sparse-layers", "2"),
             "paper": ("--arch", "smlp_deterministic", "--decoder-layers", "28",
                       "--sparse-layers", "14"),
         },

@@ -90,13 +90,16 @@ class MoECrossEntropyCriterion(FairseqCriterion):
 
         sample_size, ntokens, nbatches = total("sample_size"), total("ntokens"), total("nbatches")
         # Base 2, as fairseq reports losses.
-        metrics.log_scalar("loss", total("loss") / max(sample_size, 1) / math.log(2), sample_size, round=3)
-        metrics.log_scalar("nll_loss", total("nll_loss") / max(ntokens, 1) / math.log(2), ntokens, round=3)
+        metrics.log_scalar("loss", total("loss") / max(sample_size, 1) / math.log(2), sample_size,
+                           round=3)
+        metrics.log_scalar("nll_loss", total("nll_loss") / max(ntokens, 1) / math.log(2), ntokens,
+                           round=3)
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
         metrics.log_scalar("gate_loss", total("gate_loss") / max(nbatches, 1), nbatches, round=4)
         stat_keys = {key for log in logging_outputs for key in log if key.startswith(STAT_PREFIX)}
         for key in sorted(stat_keys):
-            metrics.log_scalar(key[len(STAT_PREFIX):], total(key) / max(nbatches, 1), nbatches, round=3)
+            metrics.log_scalar(key[len(STAT_PREFIX):], total(key) / max(nbatches, 1), nbatches,
+                               round=3)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -294,7 +294,8 @@ def test_command_line_prints_the_table_and_writes_into_runs_dir(runs_dir):
         cwd=REPO, env=env, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| smlp_deterministic | smlp_deterministic_tiny | 1 | 45.00 | — | 400 |" in result.stdout
+    row = "| smlp_deterministic | smlp_deterministic_tiny | 1 | 45.00 | — | 400 |"
+    assert row in result.stdout
     assert "DEBUG" not in result.stderr
     for name in ("results.md", "results.json", "valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"):
         assert (runs_dir / name).is_file()
@@ -376,8 +377,8 @@ def test_a_validation_between_log_lines_is_timed_by_the_time_stamps(tmp_path):
 
     lines = [stamped("00:00", train_inner(1, 300, 30)),
              stamped("00:30", train_inner(1, 400, 60)),
-             f"2026-11-24 10:00:35 | INFO | fairseq_cli.train | begin validation on \"valid\" "
-             f"subset", stamped("00:37", valid(1, 430, 44.0)),
+             "2026-11-24 10:00:35 | INFO | fairseq_cli.train | begin validation on \"valid\" "
+             "subset", stamped("00:37", valid(1, 430, 44.0)),
              stamped("00:50", train_epoch(1, 430, 80, 2048, 50)), DONE]
     log = read_train_log(write_run(tmp_path, "smlp_deterministic", log_lines=lines) / "train.log")
     assert [(p.num_updates, p.seconds) for p in log.valid] == [(430, 65.0)]
@@ -537,3 +538,15 @@ def test_an_eval_lm_log_without_its_result_is_named(seeds_dir, capsys):
     log.write_text("Traceback (most recent call last):\n")
     assert f"{log}: no 'Loss (base 2): ..., Perplexity: ...' line" in report_error(
         capsys, seeds_dir)
+
+
+def test_zero_shot_over_seeds_is_the_mean_of_the_seeds_scored(seeds_dir):
+    write_zero_shot(seeds_dir / "smlp_deterministic" / "seed1", "copa", 57, 60, 100)
+    write_zero_shot(seeds_dir / "smlp_deterministic" / "seed2", "copa", 62, 60, 100)
+    write_zero_shot(seeds_dir / "transformer" / "seed2", "copa", 51, 49, 100)
+    main([str(seeds_dir)])
+    markdown = (seeds_dir / "results.md").read_text()
+    by_system = {row["system"]: row for row in table(markdown[markdown.index("| system | COPA"):])}
+    assert by_system["smlp_deterministic"]["COPA"] == "59.5"
+    assert by_system["transformer"]["COPA"] == "51.0"  # its one scored seed
+    assert "Zero-shot accuracy below: the mean over the seeds scored." in markdown

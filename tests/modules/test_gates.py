@@ -42,11 +42,13 @@ def test_top1_choice_weights_capacity_and_aux_loss():
     first = [max(range(E), key=lambda e: p[e]) for p in probs]
     assert first == [0, 0, 0, 1, 2, 0]
     assert routing.expert_index[:, 0].tolist() == first
-    torch.testing.assert_close(routing.weight[:, 0], torch.tensor([p[e] for p, e in zip(probs, first)]))
+    torch.testing.assert_close(routing.weight[:, 0],
+                               torch.tensor([p[e] for p, e in zip(probs, first)]))
     assert routing.capacity == math.ceil(S / E)  # 2
     f = [first.count(e) / S for e in range(E)]
     mean_p = [sum(p[e] for p in probs) / S for e in range(E)]
-    assert math.isclose(float(routing.aux_loss.detach()), E * sum(a * b for a, b in zip(f, mean_p)), rel_tol=1e-5)
+    assert math.isclose(float(routing.aux_loss.detach()),
+                        E * sum(a * b for a, b in zip(f, mean_p)), rel_tol=1e-5)
 
 
 def test_top1_layer_drops_later_tokens_over_capacity():
@@ -84,7 +86,8 @@ def test_top2_layer_equals_a_per_token_loop_with_first_choices_first():
             e = int(routing.expert_index[s, choice])
             if load[e] < capacity:
                 load[e] += 1
-                hidden = experts.activation(tokens[s] @ experts.fc1_weight[e] + experts.fc1_bias[e, 0])
+                hidden = experts.activation(
+                    tokens[s] @ experts.fc1_weight[e] + experts.fc1_bias[e, 0])
                 ffn = hidden @ experts.fc2_weight[e] + experts.fc2_bias[e, 0]
                 kept[s].append((float(routing.weight[s, choice]), ffn))
     # The kept choices' probabilities renormalised to sum to 1: weight 1 where one choice is left.
