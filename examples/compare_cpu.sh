@@ -84,9 +84,9 @@ else
 fi
 stop_hours=$(python -c "print($minutes / 60)")
 
-# Validation every 50 updates (ten or more points a run) on the first 20 batches of the
-# validation set, so that it takes a small share of the budget; the trailing-80% score at the
-# end reads all of it.
+# Validation every 50 updates (ten or more points a run) on the first 21 batches of the
+# validation set (fairseq stops after step --max-valid-steps, counted from 0), so that it takes
+# a small share of the budget; the trailing-80% score at the end reads all of it.
 RECIPE=(
   --sample-break-mode none --batch-size 16
   --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 1.0
