@@ -535,8 +535,11 @@ def finite_curve(row: Row, x_of: Callable[[ValidPoint], float]) -> Tuple[np.ndar
 
 def seed_band(row: SystemRow, x_of: Callable[[ValidPoint], float]):
     """(x, mean, low, high) of the seeds' perplexities on a grid over the span every seed
-    covers, each curve interpolated in log-perplexity; the mean is geometric."""
-    curves = [finite_curve(run, x_of) for run in row.runs]
+    covers, each curve interpolated in log-perplexity; the mean is geometric. Seeds without a
+    finite validation are left out; None when no seed has one."""
+    curves = [curve for curve in (finite_curve(run, x_of) for run in row.runs) if curve[0].size]
+    if not curves:
+        return None
     start = max(xs[0] for xs, _ in curves)
     stop = min(xs[-1] for xs, _ in curves)
     x = np.linspace(start, stop, GRID_POINTS) if stop > start else np.array([start])
@@ -559,7 +562,10 @@ def plot_valid_ppl(
             x, log_ppl = finite_curve(row.runs[0], x_of)
             axes.plot(x, np.exp(log_ppl), marker="o", markersize=3, linestyle=style, label=label)
             continue
-        x, mean, low, high = seed_band(row, x_of)
+        band = seed_band(row, x_of)
+        if band is None:
+            continue
+        x, mean, low, high = band
         line, = axes.plot(x, mean, linestyle=style, label=f"{label}, {row.seeds} seeds")
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if report.reference:
