@@ -8,15 +8,14 @@ grouping by expert): chunk g is then columns order[b, g C : (g + 1) C] of sequen
 output goes back to the input's column order.
 
 On CPU tensors the product runs as an autograd function with its own backward, laid out for
-that device (timed on one core, T = 128, H = 256, batch 8):
+that device (timed on 2 cores, T = 128, H = 256, batch 8):
 - one map (G = 1): one batched product with the map broadcast over the batch, no copy of the
   activations in either direction;
-- G maps: the columns are copied once into a time-major (L, G, B, C) buffer, which the batched
-  product over the maps reads in place (matrix g is rows t, columns (b, c)); the copy out adds
-  the bias. Copying into (G, L, B, C), as einsum does, was three times slower: its inner loop
-  runs over C = 16 values. With a column order, the product is written time-major too, and
-  both ways are selections of columns (``index_select``), each sequence's order folded into
-  the column index: a third to a half faster than gathers;
+- G maps: the columns are copied into (G, L, B C), matrix g with rows t and columns (b, c),
+  as einsum would, but the copy back adds the bias, and with a column order the way in is one
+  gather rather than a gather and a copy. (A time-major (L, G, B, C) copy was cheaper on one
+  core, but the products reading and writing it ran a third slower on two, and per-sequence
+  ``index_select`` did not run in parallel at all);
 - the causal mask multiplies the map once in the forward pass and the map's gradient in place
   in the backward pass; maps and biases are taken whole when the input is T long, so autograd
   pads no slice of them.
@@ -87,65 +86,48 @@ class _SharedMap(torch.autograd.Function):
 
 
 class _GroupedMaps(torch.autograd.Function):
-    """G maps on a time-major (L, G, B, C) copy of the columns."""
+    """G maps on a (G, L, B, C) copy of the columns."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, mask, order, inverse):
         maps = weight.size(0)
-        grouped = _to_groups(x, maps, order)  # (L, G, B, C)
+        grouped = _to_groups(x, maps, order)  # (G, L, B C)
         causal = weight * mask  # (G, L, L)
         ctx.save_for_backward(grouped, causal, mask, order, inverse)
-        if order is None:
-            mixed = torch.bmm(causal, _as_matrices(grouped))  # (G, L, B C)
-            return _from_groups(mixed, x.shape, bias)
-        mixed = _product_time_major(causal, grouped)  # (L, G, B, C)
-        mixed.add_(bias.t()[:, :, None, None])
-        return _ungroup_ordered(mixed, inverse)
+        return _from_groups(torch.bmm(causal, grouped), x.shape, inverse, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         grouped, causal, mask, order, inverse = ctx.saved_tensors
-        maps = causal.size(0)
-        grad_mixed = _to_groups(grad, maps, order)  # (L, G, B, C)
-        grad_matrices = _as_matrices(grad_mixed)  # (G, L, B C)
-        grad_weight = torch.bmm(grad_matrices, _as_matrices(grouped).transpose(1, 2))
-        grad_weight.mul_(mask)  # (G, L, L)
-        grad_bias = grad_mixed.sum((2, 3)).t()  # (G, L)
-        if order is None:
-            grad_grouped = torch.bmm(causal.transpose(1, 2), grad_matrices)  # (G, L, B C)
-            grad_x = _from_groups(grad_grouped, grad.shape)
-        else:
-            grad_x = _ungroup_ordered(_product_time_major(causal.transpose(1, 2), grad_mixed),
-                                      inverse)
+        grad_mixed = _to_groups(grad, causal.size(0), order)  # (G, L, B C)
+        grad_weight = torch.bmm(grad_mixed, grouped.transpose(1, 2)).mul_(mask)  # (G, L, L)
+        grad_bias = grad_mixed.sum(2)  # (G, L)
+        grad_grouped = torch.bmm(causal.transpose(1, 2), grad_mixed)  # (G, L, B C)
+        grad_x = _from_groups(grad_grouped, grad.shape, inverse)
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
 def _to_groups(x: torch.Tensor, maps: int, order: Optional[torch.Tensor]) -> torch.Tensor:
-    """(B, L, H) -> (L, G, B, C) contiguous, chunk g (of the ordered columns) at [:, g]."""
+    """(B, L, H) -> (G, L, B C) contiguous: matrix g has rows t and columns (b, c), chunk g of
+    the (ordered) columns."""
     batch, length, width = x.shape
     columns = width // maps
     if order is None:
-        grouped = x.new_empty(length, maps, batch, columns)
-        return grouped.copy_(x.reshape(batch, length, maps, columns).permute(1, 2, 0, 3))
-    # grouped[t, g, b, c] = x[b, t, order[b, g C + c]]: a time-major copy (rows of H values),
-    # then one selection of columns from each time step's B H values. One gather from the
-    # (B, L, H) input took half as long again.
-    place = order.view(batch, maps, columns).transpose(0, 1)  # (G, B, C)
-    place = place + torch.arange(batch, device=order.device)[None, :, None] * width
-    time_major = x.transpose(0, 1).reshape(length, batch * width)  # (L, B H)
-    return time_major.index_select(1, place.reshape(-1)).view(length, maps, batch, columns)
+        grouped = x.reshape(batch, length, maps, columns).permute(2, 1, 0, 3).contiguous()
+    else:
+        # grouped[g, t, b, c] = x[b, t, order[b, g C + c]]: one gather, its source and index
+        # broadcast views, in place of a gather over (B, L, H) and a copy.
+        source = x.transpose(0, 1).unsqueeze(0).expand(maps, length, batch, width)
+        index = order.view(batch, maps, columns).transpose(0, 1).unsqueeze(1)  # (G, 1, B, C)
+        grouped = source.gather(3, index.expand(maps, length, batch, columns))
+    return grouped.view(maps, length, batch * columns)
 
 
-def _as_matrices(grouped: torch.Tensor) -> torch.Tensor:
-    """(L, G, B, C) -> (G, L, B C), a view: matrix g has rows t and columns (b, c)."""
-    length, maps, batch, columns = grouped.shape
-    return grouped.view(length, maps, batch * columns).transpose(0, 1)
-
-
-def _from_groups(mixed: torch.Tensor, shape: torch.Size,
+def _from_groups(mixed: torch.Tensor, shape: torch.Size, inverse: Optional[torch.Tensor],
                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(G, L, B C) -> (B, L, H), plus bias[g, t] if given, in the copy."""
+    """(G, L, B C) -> (B, L, H) in the input's column order, plus bias[g, t] if given, added in
+    the copy."""
     batch, length, width = shape
     maps = mixed.size(0)
     columns = width // maps
@@ -155,26 +137,7 @@ def _from_groups(mixed: torch.Tensor, shape: torch.Size,
         out.copy_(chunks)
     else:
         torch.add(chunks, bias.t().view(1, length, maps, 1), out=out)
-    return out.view(batch, length, width)
-
-
-def _product_time_major(maps: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
-    """(G, L, L) maps times the (L, G, B, C) columns, written time-major: (L, G, B, C)."""
-    out = torch.empty_like(grouped)
-    torch.bmm(maps, _as_matrices(grouped), out=_as_matrices(out))
-    return out
-
-
-def _ungroup_ordered(grouped: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """(L, G, B, C) -> (B, L, H) in the input's column order: out[b, t, h] = grouped[t, g, b, c]
-    for g C + c = inverse[b, h], a selection of columns from each time step's G B C values,
-    sequence by sequence (twice as fast as one gather over the batch)."""
-    length, maps, batch, columns = grouped.shape
-    # Where column h of sequence b lies among a time step's (g, b, c) values.
-    place = (inverse // columns) * (batch * columns) + inverse % columns
-    place = place + torch.arange(batch, device=inverse.device)[:, None] * columns  # (B, H)
-    source = grouped.view(length, maps * batch * columns)
-    out = grouped.new_empty(batch, length, maps * columns)
-    for sequence in range(batch):
-        torch.index_select(source, 1, place[sequence], out=out[sequence])
-    return out
+    out = out.view(batch, length, width)
+    if inverse is None:
+        return out
+    return out.gather(2, inverse.unsqueeze(1).expand(batch, length, width))
