@@ -576,11 +576,11 @@ def plot_valid_ppl(
     axes.yaxis.set_major_formatter(LogFormatter())
     axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     axes.set_xlabel(x_label)
-    axes.set_ylabel("validation perplexity (log scale)"
-                    + ("; band: lowest to highest seed" if max(r.seeds for r in report.rows) > 1
-                       else ""))
+    axes.set_ylabel("validation perplexity (log scale)")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
+    several = max(row.seeds for row in report.rows) > 1
+    axes.legend(fontsize="small", title="band: lowest to highest seed" if several else None,
+                title_fontsize="small")
     figure.tight_layout()
     figure.savefig(path)
 
