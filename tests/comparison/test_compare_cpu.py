@@ -86,14 +86,14 @@ def test_two_seeds_give_a_mean_and_spread_and_a_trailing_score_from_eval_lm(data
     assert (out / "valid_ppl_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_an_expert_sweep_names_each_count(data_dir, tmp_path):
+def test_an_expert_sweep_trains_and_names_each_count(data_dir, tmp_path):
+    """One count, to keep it short: the name carries it and fairseq-train builds it."""
     out = tmp_path / "sweep"
     result = compare("--minutes", str(BUDGET_MINUTES), "--seeds", "1", "--data",
                      str(data_dir.parent), "--out", str(out), "--systems", "switch",
-                     "--sweep-experts", "1,2", "--", *TINY)
+                     "--sweep-experts", "2", "--", *TINY)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert set(json.loads((out / "results.json").read_text())["systems"]) == {
-        "switch_e1", "switch_e2"}
+    assert list(json.loads((out / "results.json").read_text())["systems"]) == ["switch_e2"]
     log = (out / "switch_e2" / "seed1" / "train.log").read_text()
     assert "'moe_expert_count': 2" in log
 
