@@ -72,7 +72,6 @@ fi
 USER_DIR=$(python -c 'import importlib.util, os
 print(os.path.dirname(importlib.util.find_spec("fairseq_smlp").origin))')
 SYSTEMS=(python "$USER_DIR/comparison/systems.py")  # needs nothing but the standard library
-[ -f "$data/bin/dict.txt" ] || bash "$(dirname "$0")/prepare_data.sh" --dest "$data"
 if [ -n "$sweep" ]; then
   out=${out:-runs/compare_cpu_experts}
   systems=${systems:-smlp_deterministic,switch}
@@ -105,6 +104,7 @@ for name in "${names[@]}"; do
     system_flags["$name${count:+_e$count}"]=$flags
   done
 done
+[ -f "$data/bin/dict.txt" ] || bash "$(dirname "$0")/prepare_data.sh" --dest "$data"
 
 # fairseq-eval-lm's perplexity over the trailing 80% of every validation block, from the run's
 # last checkpoint, with the block length it trained on.
