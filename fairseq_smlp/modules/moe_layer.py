@@ -57,20 +57,22 @@ class MoELayer(nn.Module):
         and serves it sequence by sequence all the same, so that capacity drops whole trailing
         sequences, as fairseq's MoE layers do, rather than the last positions of every sequence;
         its ``token_ids`` are (B, T)."""
-        scored = x if self.routing_input is None else self.routing_input
-        if scored.shape != x.shape:
+        scored = self.routing_input
+        if scored is not None and scored.shape != x.shape:
             raise ValueError(f"the gate's input has shape {tuple(scored.shape)}, the layer's "
                              f"{tuple(x.shape)}")
         if self.time_major:
-            return self.route_and_run(x.transpose(0, 1), scored.transpose(0, 1),
-                                      token_ids).transpose(0, 1)
+            scored = None if scored is None else scored.transpose(0, 1)
+            return self.route_and_run(x.transpose(0, 1), scored, token_ids).transpose(0, 1)
         return self.route_and_run(x, scored, token_ids)
 
-    def route_and_run(self, x: torch.Tensor, scored: torch.Tensor,
+    def route_and_run(self, x: torch.Tensor, scored: Optional[torch.Tensor],
                       token_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """``scored``: what the gate scores, shaped as x; None: x itself."""
         tokens = x.reshape(-1, x.size(-1))  # (S, D), batch-major
-        routing = self.gate(scored.reshape(tokens.shape),
-                            self.token_ids if token_ids is None else token_ids)
+        # A time-major x is copied once into tokens; the gate reads that copy, not a second.
+        gate_input = tokens if scored is None else scored.reshape(tokens.shape)
+        routing = self.gate(gate_input, self.token_ids if token_ids is None else token_ids)
         chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed
         if self.runs_choices_directly(routing):
             kept = chosen
