@@ -2,7 +2,7 @@
 # The paper's comparison at CPU scale: train every system (dense Transformer, gMLP, sMLP with
 # deterministic routing and with partial prediction, GShard, Switch, BASE, Hash), each sized to
 # the same training FLOPs per token, on the bundled corpus for the same wall-clock budget, once
-# per seed; score each final checkpoint on the trailing 80% of every validation block; then
+# per seed (in rounds: every system with seed 1, then with seed 2, ...); score each final checkpoint on the trailing 80% of every validation block; then
 # write the report (a markdown table of means and spreads over the seeds, and plots of
 # validation perplexity against time and updates).
 #
@@ -122,12 +122,17 @@ score_trailing() {
   fi
 }
 
-for name in "${names[@]}"; do
-  for count in "${counts[@]}"; do
-    label="$name${count:+_e$count}"
-    mapfile -t flags <<< "${system_flags[$label]}"
-    rm -rf "${out:?}/$label"
-    for seed in $(seq 1 "$seeds"); do
+for label in "${!system_flags[@]}"; do
+  rm -rf "${out:?}/$label"
+done
+# Seed by seed, every system once in each round: the machine's speed drifts by 5-10% over hours
+# (a system's tokens/s moved that much between two runs of the same code), and in turns the
+# drift falls on every system alike instead of on whichever trained its seeds in a slow spell.
+for seed in $(seq 1 "$seeds"); do
+  for name in "${names[@]}"; do
+    for count in "${counts[@]}"; do
+      label="$name${count:+_e$count}"
+      mapfile -t flags <<< "${system_flags[$label]}"
       run="$out/$label/seed$seed"
       mkdir -p "$run"
       echo "== $label, seed $seed: $minutes minutes (fairseq-train log: $run/train.log)"
