@@ -22,7 +22,7 @@ import logging
 import math
 import re
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -162,8 +162,20 @@ class Spread:
         return cls(statistics.fmean(values), min(values), max(values), std, values)
 
 
+class Figures:
+    """A row of the report, a seed's or a system's. ``partial``: whether its validation covers
+    the trailing positions only (a partial-prediction run's, which has a
+    ``prediction_fraction``)."""
+
+    prediction_fraction: Optional[float]
+
+    @property
+    def partial(self) -> bool:
+        return self.prediction_fraction is not None
+
+
 @dataclass(frozen=True)
-class Row:
+class Row(Figures):
     """One seed's figures."""
 
     system: str
@@ -186,13 +198,9 @@ class Row:
     prediction_fraction: Optional[float]  # partial-prediction runs only
     valid: List[ValidPoint]
 
-    @property
-    def partial(self) -> bool:
-        return self.prediction_fraction is not None
-
 
 @dataclass(frozen=True)
-class SystemRow:
+class SystemRow(Figures):
     """A system's figures over its seeds."""
 
     system: str
@@ -215,10 +223,6 @@ class SystemRow:
     prediction_fraction: Optional[float]
     runs: List[Row]
 
-    @property
-    def partial(self) -> bool:
-        return self.prediction_fraction is not None
-
 
 @dataclass(frozen=True)
 class Report:
@@ -234,6 +238,11 @@ def choose_reference(runs: Dict[str, List[Run]], reference: Optional[str]) -> Op
         return DEFAULT_REFERENCE if DEFAULT_REFERENCE in runs else None
     if reference not in runs:
         raise ReportError(f"--reference {reference}: no such run; valid: {', '.join(runs)}")
+    if any(is_partial(run) for run in runs[reference]):
+        whole = [name for name, seeds in runs.items() if not any(map(is_partial, seeds))]
+        raise ReportError(
+            f"--reference {reference}: its validation perplexity covers the trailing positions "
+            f"only, which no other system's is timed on; valid: {', '.join(whole) or 'none'}")
     return reference
 
 
@@ -274,7 +283,8 @@ def reference_target(runs: Dict[str, List[Run]], reference: Optional[str]) -> Op
     return max(run.log.valid[-1].ppl for run in runs[reference])
 
 
-def seed_row(run: Run, target: Optional[float], reference_seconds: Optional[float]) -> Row:
+def seed_row(run: Run, target: Optional[float]) -> Row:
+    """The run's figures; its speed-up is set once the reference's time is known."""
     log, system = run.log, run.system
     finite = [point.ppl for point in log.valid if math.isfinite(point.ppl)]
     partial = is_partial(run)
@@ -301,7 +311,7 @@ def seed_row(run: Run, target: Optional[float], reference_seconds: Optional[floa
         active_params=system["active_params"],
         train_flops_per_token=system["train_flops_per_token"],
         seconds_to_reference=seconds,
-        speedup=reference_seconds / seconds if seconds and reference_seconds is not None else None,
+        speedup=None,
         log_complete=log.complete,
         prediction_fraction=log.prediction_fraction if partial else None,
         valid=log.valid,
@@ -363,13 +373,14 @@ def mean_zero_shot(runs: List[Run]) -> Dict[str, TaskScore]:
 def summarize(runs: Dict[str, List[Run]], reference: Optional[str] = None) -> Report:
     reference = choose_reference(runs, reference)
     target = reference_target(runs, reference)
-    reference_seconds = None
-    if reference is not None:
-        times = [seconds_to_reach(run.log.valid, target) for run in runs[reference]]
-        if all(seconds is not None for seconds in times):
-            reference_seconds = statistics.fmean(times)
-    rows = [system_row([seed_row(run, target, reference_seconds) for run in seeds])
-            for seeds in runs.values()]
+    seed_rows = {name: [seed_row(run, target) for run in seeds] for name, seeds in runs.items()}
+    times = [row.seconds_to_reference for row in seed_rows.get(reference, [])]
+    if times and all(seconds is not None for seconds in times):
+        reference_seconds = statistics.fmean(times)
+        seed_rows = {name: [replace(row, speedup=None if not row.seconds_to_reference
+                                    else reference_seconds / row.seconds_to_reference)
+                            for row in seeds] for name, seeds in seed_rows.items()}
+    rows = [system_row(seeds) for seeds in seed_rows.values()]
     on_trailing = all(row.trailing_ppl is not None for row in rows)
     rows = rank(rows, on_trailing)
     zero_shot = {row.system: mean_zero_shot(runs[row.system]) for row in rows}

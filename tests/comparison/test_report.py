@@ -349,6 +349,13 @@ def test_unknown_reference_lists_the_runs(runs_dir, capsys):
             in report_error(capsys, runs_dir, "--reference", "gmlp"))
 
 
+def test_a_partial_prediction_reference_is_refused(runs_dir, capsys):
+    """Its perplexity is over the trailing positions: no other curve is comparable with it."""
+    assert ("--reference smlp_partial: its validation perplexity covers the trailing positions "
+            "only, which no other system's is timed on; valid: smlp_deterministic, transformer"
+            in report_error(capsys, runs_dir, "--reference", "smlp_partial"))
+
+
 def test_a_restarted_run_in_one_log_is_refused(tmp_path):
     lines = LOGS["smlp_deterministic"][:3] + [train_inner(1, 300, 5)]
     run = write_run(tmp_path, "smlp_deterministic", log_lines=lines)
