@@ -2,8 +2,8 @@
 # The paper's comparison at CPU scale: train every system (dense Transformer, gMLP, sMLP with
 # deterministic routing and with partial prediction, GShard, Switch, BASE, Hash), each sized to
 # the same training FLOPs per token, on the bundled corpus for the same wall-clock budget, once
-# per seed (in rounds: every system with seed 1, then with seed 2, ...); score each final checkpoint on the trailing 80% of every validation block; then
-# write the report (a markdown table of means and spreads over the seeds, and plots of
+# per seed (in rounds: every system with seed 1, then with seed 2, ...); score each final
+# checkpoint on the trailing 80% of every validation block; then write the report (a markdown table of means and spreads over the seeds, and plots of
 # validation perplexity against time and updates).
 #
 #   examples/compare_cpu.sh [--minutes M] [--seeds N] [--data DIR] [--out DIR]
@@ -95,13 +95,16 @@ RECIPE=(
   --cpu --num-workers 0 --log-format json --log-interval 50
 )
 
-# The systems' flags, checked before anything trains.
+# The systems' flags, checked before anything trains; labels in training order.
 IFS=, read -ra names <<< "$systems"
+labels=()
 declare -A system_flags
 for name in "${names[@]}"; do
   for count in "${counts[@]}"; do
-    flags=$("${SYSTEMS[@]}" flags "$name" --scale cpu ${count:+--experts "$count"}) || exit 2
-    system_flags["$name${count:+_e$count}"]=$flags
+    label="$name${count:+_e$count}"
+    labels+=("$label")
+    system_flags[$label]=$("${SYSTEMS[@]}" flags "$name" --scale cpu \
+      ${count:+--experts "$count"}) || exit 2
   done
 done
 [ -f "$data/bin/dict.txt" ] || bash "$(dirname "$0")/prepare_data.sh" --dest "$data"
@@ -122,33 +125,30 @@ score_trailing() {
   fi
 }
 
-for label in "${!system_flags[@]}"; do
+for label in "${labels[@]}"; do
   rm -rf "${out:?}/$label"
 done
 # Seed by seed, every system once in each round: the machine's speed drifts by 5-10% over hours
 # (a system's tokens/s moved that much between two runs of the same code), and in turns the
 # drift falls on every system alike instead of on whichever trained its seeds in a slow spell.
 for seed in $(seq 1 "$seeds"); do
-  for name in "${names[@]}"; do
-    for count in "${counts[@]}"; do
-      label="$name${count:+_e$count}"
-      mapfile -t flags <<< "${system_flags[$label]}"
-      run="$out/$label/seed$seed"
-      mkdir -p "$run"
-      echo "== $label, seed $seed: $minutes minutes (fairseq-train log: $run/train.log)"
-      # The extra flags may change the model: its FLOPs and parameters are counted with them.
-      python -m fairseq_smlp.comparison.flops "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" \
-        "${extra[@]}" --json > "$run/system.json"
-      # fairseq's progress lines on the terminal, its whole output in the log.
-      if ! fairseq-train "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" "${RECIPE[@]}" \
-        --seed "$seed" --save-dir "$run/checkpoints" "${extra[@]}" 2>&1 | tee "$run/train.log" |
-        { grep --line-buffered -E '\| (train_inner|valid) \|' || true; }; then
-        echo "compare_cpu.sh: fairseq-train failed for '$label' (seed $seed); see" \
-          "$run/train.log" >&2
-        exit 1
-      fi
-      score_trailing "$run"
-    done
+  for label in "${labels[@]}"; do
+    mapfile -t flags <<< "${system_flags[$label]}"
+    run="$out/$label/seed$seed"
+    mkdir -p "$run"
+    echo "== $label, seed $seed: $minutes minutes (fairseq-train log: $run/train.log)"
+    # The extra flags may change the model: its FLOPs and parameters are counted with them.
+    python -m fairseq_smlp.comparison.flops "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" \
+      "${extra[@]}" --json > "$run/system.json"
+    # fairseq's progress lines on the terminal, its whole output in the log.
+    if ! fairseq-train "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" "${RECIPE[@]}" \
+      --seed "$seed" --save-dir "$run/checkpoints" "${extra[@]}" 2>&1 | tee "$run/train.log" |
+      { grep --line-buffered -E '\| (train_inner|valid) \|' || true; }; then
+      echo "compare_cpu.sh: fairseq-train failed for '$label' (seed $seed); see" \
+        "$run/train.log" >&2
+      exit 1
+    fi
+    score_trailing "$run"
   done
 done
 

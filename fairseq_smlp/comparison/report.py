@@ -238,7 +238,7 @@ def choose_reference(runs: Dict[str, List[Run]], reference: Optional[str]) -> Op
         return DEFAULT_REFERENCE if DEFAULT_REFERENCE in runs else None
     if reference not in runs:
         raise ReportError(f"--reference {reference}: no such run; valid: {', '.join(runs)}")
-    if any(is_partial(run) for run in runs[reference]):
+    if any(map(is_partial, runs[reference])):
         whole = [name for name, seeds in runs.items() if not any(map(is_partial, seeds))]
         raise ReportError(
             f"--reference {reference}: its validation perplexity covers the trailing positions "
