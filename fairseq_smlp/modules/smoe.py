@@ -33,7 +33,15 @@ class SpatialExperts(CausalSpatialProjection):
         self.num_experts = num_experts
         self.placement = placement or ExpertPlacement(num_experts)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, order: Optional[torch.Tensor] = None,
+                inverse: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L, H) -> (B, L, H). With ``order`` (B, H), the maps take each sequence's columns
+        in that order, chunk e of the ordered columns to map e, and the output comes back in
+        x's column order; ``inverse`` is the inverse permutation of ``order``. Callers go through
+        the module call, never a method of their own, so that a wrapper placed around the
+        experts (an FSDP instance under --ddp-backend fully_sharded) sees every use."""
+        if order is not None:
+            return self._forward_ordered(x, order, inverse)
         if not self.placement.is_parallel:
             return super().forward(x)
         batch, length, width = x.shape
@@ -47,11 +55,8 @@ class SpatialExperts(CausalSpatialProjection):
         mixed = mixed[:, :batch * columns, :length].view(self.num_experts, batch, columns, length)
         return mixed.permute(1, 3, 0, 2).reshape(batch, length, width)
 
-    def forward_ordered(self, x: torch.Tensor, order: torch.Tensor,
-                        inverse: torch.Tensor) -> torch.Tensor:
-        """The maps on each sequence's columns taken in ``order`` (B, H), chunk e of the
-        ordered columns to map e; the output in x's column order. ``inverse`` is the inverse
-        permutation of ``order``."""
+    def _forward_ordered(self, x: torch.Tensor, order: torch.Tensor,
+                         inverse: torch.Tensor) -> torch.Tensor:
         if self.placement.is_parallel:
             grouped = permute_columns(x, order, inverse)  # (B, L, H), chunk e for expert e
             return permute_columns(self(grouped), inverse, order)  # back to column order
@@ -105,7 +110,7 @@ class PartialPredictionSMoE(nn.Module):
         gate = torch.sigmoid(scores.gather(2, expert.unsqueeze(-1))).transpose(1, 2)  # (B, 1, H)
         order = expert.argsort(dim=1, stable=True)  # (B, H): expert 0's columns first, ...
         inverse = inverse_permutation(order)
-        mixed = self.experts.forward_ordered(z, order, inverse)  # (B, L, H)
+        mixed = self.experts(z, order, inverse)  # (B, L, H)
         self.last_assignment = expert.detach()
         greedy = scores.detach().max(-1).indices  # (B, H)
         self.stats = {"greedy_load_cv": load_cv(greedy, self.num_experts)}

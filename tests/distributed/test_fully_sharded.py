@@ -24,9 +24,10 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.distributed import fsdp_enable_wrap, fsdp_wrap
 from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
-from helpers import make_dictionary, run_on_ranks
+from helpers import build_model, make_dictionary, run_on_ranks
 
 import fairseq_smlp
+import fairseq_smlp.distributed.expert_placement as placement_module
 from fairseq_smlp.consolidate_checkpoint import consolidate
 from fairseq_smlp.distributed.expert_placement import expert_placement
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
@@ -360,3 +361,43 @@ def test_merge_refuses_other_checkpoints():
     two_of_four = {"fsdp_metadata": {}, SHARDS_KEY: {"world_size": 4, "experts": {}}}
     with pytest.raises(ValueError, match="found 2 shard files of a 4-rank run"):
         merge_sharded_states([two_of_four, two_of_four])
+
+
+class ForwardingWrapper(torch.nn.Module):
+    """Stands where FSDP stands around a placement's experts: it runs them when called (FSDP
+    gathers their parameters then) and, as FSDP does, hands any other attribute to them, so a
+    method called past the wrapper runs, with FSDP's parameters never gathered."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_moe_reaches_its_experts_through_their_wrapper(arch, monkeypatch):
+    wrappers = []
+
+    def wrap(experts, placement):
+        wrappers.append(ForwardingWrapper(experts))
+        return wrappers[-1]
+
+    monkeypatch.setattr(placement_module, "wrap_experts", wrap)
+    fraction = 0.8 if ARCHS[arch][0] == "partial_prediction_lm" else None
+    model = build_model(arch, num_words=VOCAB, tokens_per_sample=TOKENS_PER_SAMPLE,
+                        prediction_fraction=fraction)
+    model(torch.randint(4, VOCAB, (2, TOKENS_PER_SAMPLE)))
+    assert wrappers, arch
+    assert [wrapper.calls for wrapper in wrappers] == [1] * len(wrappers), arch
