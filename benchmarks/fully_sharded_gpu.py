@@ -3,10 +3,10 @@ tests cannot run FSDP's forward and backward).
 
     python benchmarks/fully_sharded_gpu.py data/sotu/bin [--gpus N] [--experts E] [--updates U]
 
-For smlp_deterministic_tiny and transformer_lm_switch_tiny, fairseq-train runs U updates on N GPUs
-(default: all) over the same batches with legacy_ddp (the reference), pytorch_ddp and
-fully_sharded --use-sharded-state, in fp32, dropout 0, with --clip-norm small enough to clip, and
-the losses of every update are compared. The fully_sharded run is also stopped halfway and
+For smlp_deterministic_tiny, smlp_partial_tiny and transformer_lm_switch_tiny, fairseq-train runs U
+updates on N GPUs (default: all) over the same batches with legacy_ddp (the reference),
+pytorch_ddp and fully_sharded --use-sharded-state, in fp32, dropout 0, with --clip-norm small
+enough to clip, and the losses of every update are compared. The fully_sharded run is also stopped halfway and
 resumed from its -shardR files (the resumed updates must repeat the uninterrupted run), and its
 last -shardR files are merged into one checkpoint that fairseq-validate evaluates on one GPU (the
 loss must be the run's last validation loss). On 1 GPU nothing is spread; on 2 GPUs each holds
@@ -27,7 +27,12 @@ import fairseq_smlp
 from fairseq_smlp.consolidate_checkpoint import consolidate
 
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
-ARCHS = ["smlp_deterministic_tiny", "transformer_lm_switch_tiny"]
+LM = ("language_modeling", "moe_cross_entropy")
+ARCHS = {  # arch -> (task, criterion)
+    "smlp_deterministic_tiny": LM,
+    "smlp_partial_tiny": ("partial_prediction_lm", "partial_prediction_cross_entropy"),
+    "transformer_lm_switch_tiny": LM,
+}
 BACKENDS = {
     "legacy_ddp": ["--ddp-backend", "legacy_ddp"],
     "pytorch_ddp": ["--ddp-backend", "pytorch_ddp"],
@@ -39,9 +44,10 @@ TOKENS_PER_SAMPLE, BATCH_SIZE = "64", "4"
 
 
 def train_flags(data, arch, gpus, experts, updates, save_dir):
+    task, criterion = ARCHS[arch]
     flags = [
-        data, "--user-dir", USER_DIR, "--task", "language_modeling", "--arch", arch,
-        "--criterion", "moe_cross_entropy", "--decoder-layers", "2", "--dropout", "0",
+        data, "--user-dir", USER_DIR, "--task", task, "--arch", arch,
+        "--criterion", criterion, "--decoder-layers", "2", "--dropout", "0",
         "--tokens-per-sample", TOKENS_PER_SAMPLE, "--sample-break-mode", "none",
         "--batch-size", BATCH_SIZE, "--optimizer", "adam", "--lr", "3e-3", "--clip-norm", "0.1",
         "--max-update", str(updates), "--save-dir", str(save_dir), "--no-epoch-checkpoints",
@@ -139,7 +145,7 @@ def check_arch(data, arch, gpus, experts, updates, work):
     merged = save_dir / "merged.pt"
     consolidate(save_dir / "checkpoint_last.pt", merged)
     validated = run([sys.executable, "-m", "fairseq_cli.validate", data, "--user-dir", USER_DIR,
-                     "--path", str(merged), "--task", "language_modeling", "--tokens-per-sample",
+                     "--path", str(merged), "--task", ARCHS[arch][0], "--tokens-per-sample",
                      TOKENS_PER_SAMPLE, "--batch-size", BATCH_SIZE, "--num-workers", "0"])
     fine &= report("merged -shardR files, one GPU, against the run's validation",
                    abs(last_valid_loss(validated) - last_valid_loss(logs["fully_sharded"])))
@@ -157,6 +163,10 @@ def main():
     parser.add_argument("--archs", default=",".join(ARCHS),
                         help=f"comma-separated archs to check (default: {','.join(ARCHS)})")
     args = parser.parse_args()
+    unknown = sorted(set(args.archs.split(",")) - set(ARCHS))
+    if unknown:
+        sys.exit(f"--archs {args.archs}: {', '.join(unknown)} not among the archs this check "
+                 f"knows ({', '.join(ARCHS)})")
     if not 1 <= args.gpus <= torch.cuda.device_count():
         sys.exit(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA "
                  f"device(s); the check needs at least one")
