@@ -74,3 +74,22 @@ def test_non_contiguous_gradients():
     want = output_and_grads(reference_causal_product, x, weight, bias, mask, order, inverse, grad)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("maps", [1, 4])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_cpu_autocast_gives_the_einsums_outputs_and_gradients(maps, ordered):
+    x, weight, bias, mask, order, inverse = (
+        t if t is None or not t.is_floating_point() else t.float()
+        for t in problem(maps, ordered=ordered))
+    grad = torch.randn(x.shape)
+    results = []
+    for function in (causal_product, reference_causal_product):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+            out = function(*leaves, mask, order, inverse)
+        out.backward(grad.to(out.dtype))
+        results.append([out.detach()] + [leaf.grad for leaf in leaves])
+    for name, g, w in zip(["output", "x", "weight", "bias"], *results):
+        assert g.dtype == w.dtype, name
+        torch.testing.assert_close(g, w, msg=name)
