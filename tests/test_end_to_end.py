@@ -233,11 +233,22 @@ def test_hub_interface_samples_and_scores(data_dir, trained):
     assert text.startswith(PROMPT) and len(text) > len(PROMPT) + 10, text
     assert lm.sample(PROMPT, sampling=True, sampling_topk=10).startswith(PROMPT)
 
+    # A partial-prediction model's score covers the positions from its context on only: the
+    # earlier ones were routed on later tokens.
+    start = PARTIAL_CONTEXT if RUNS[arch][0] == "partial_prediction_lm" else 0
     scored = lm.score(text)
     model, dictionary = lm.models[0], lm.task.target_dictionary
-    tokens = scored["tokens"]  # (L,)
+    tokens = lm.encode(text)[:-1]  # (L,): the end of sentence is not scored
     inputs = torch.cat([tokens.new_tensor([dictionary.eos()]), tokens[:-1]])[None]  # (1, L)
     with torch.no_grad():
         log_probs = model.get_normalized_probs(model(inputs), log_probs=True)[0]  # (L, V)
+    assert torch.equal(scored["tokens"], tokens[start:])
     torch.testing.assert_close(scored["positional_scores"],
-                               log_probs.gather(1, tokens[:, None]).squeeze(1))
+                               log_probs.gather(1, tokens[:, None]).squeeze(1)[start:])
+    # No scored position reads a later token: change the last one.
+    other = dictionary.nspecial + (int(tokens[-1]) + 1 - dictionary.nspecial) % (
+        len(dictionary) - dictionary.nspecial)
+    changed = torch.cat([tokens[:-1], tokens.new_tensor([other, dictionary.eos()])])
+    rescored = lm.generate([changed], score_reference=True)[0][0]["positional_scores"]
+    assert len(rescored) == len(scored["positional_scores"])
+    torch.testing.assert_close(rescored[:-1], scored["positional_scores"][:-1])

@@ -45,6 +45,14 @@ class PartialPredictionLMTask(LanguageModelingTask):
             f"token counts and perplexities cover those positions only"
         )
 
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        """The batches of the hub's ``score`` and ``generate`` and of fairseq-interactive: their
+        targets lose the context positions too, so a score covers the positions from
+        ``context`` on (whose routing read only their past) and nothing before; an input no
+        longer than the context has nothing scored."""
+        dataset = super().build_dataset_for_inference(src_tokens, src_lengths, **kwargs)
+        return PartialTargetDataset(dataset, self.context, self.source_dictionary.pad())
+
     def eval_lm_dataloader(self, dataset, *args, context_window: int = 0, **kwargs):
         if context_window > 0:
             raise ValueError(
