@@ -100,6 +100,9 @@ def build_gate(args, vocab_size: int) -> nn.Module:
     if args.moe_gate == "hash":
         return HashGate(vocab_size, experts, args.moe_hash_seed)
     k = 1 if args.moe_gate == "top1" else 2
+    if experts < k:
+        raise ValueError(f"--moe-expert-count {experts}: --moe-gate {args.moe_gate} sends every "
+                         f"token to {k} experts, so it needs at least {k}")
     return TopKGate(dim, experts, k, args.moe_capacity_factor, args.moe_second_expert_policy)
 
 
@@ -112,8 +115,11 @@ def expert_ffn_dim(args) -> int:
 
 
 def moe_layer_indices(num_layers: int, moe_freq: int):
-    if moe_freq < 1:
-        raise ValueError(f"--moe-freq must be at least 1; got {moe_freq}")
+    if not 1 <= moe_freq <= num_layers:
+        raise ValueError(
+            f"--moe-freq {moe_freq}: every --moe-freq-th of the {num_layers} layers "
+            f"(--decoder-layers) is an MoE layer, so it must be between 1 and {num_layers}; a "
+            f"larger value would leave the model without any MoE layer")
     return [i for i in range(num_layers) if (i + 1) % moe_freq == 0]
 
 

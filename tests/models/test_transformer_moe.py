@@ -125,8 +125,12 @@ def test_layerdrop_reports_only_the_layers_that_ran():
 def test_bad_settings_name_the_flag():
     with pytest.raises(ValueError, match="--moe-capacity-factor must be > 0; got -1"):
         tiny("transformer_lm_switch_tiny", moe_capacity_factor=-1.0)
-    with pytest.raises(ValueError, match="--moe-freq must be at least 1; got 0"):
-        tiny("transformer_lm_switch_tiny", moe_freq=0)
+    for freq in [0, 5]:
+        with pytest.raises(ValueError, match=f"--moe-freq {freq}: .* must be between 1 and 4"):
+            tiny("transformer_lm_switch_tiny", moe_freq=freq, decoder_layers=4)
+    with pytest.raises(ValueError, match="--moe-expert-count 1: --moe-gate top2 sends every "
+                                         "token to 2 experts, so it needs at least 2"):
+        tiny("transformer_lm_gshard_tiny", moe_expert_count=1)
     with pytest.raises(ValueError, match="--moe-expert-count must be at least 1; got 0"):
         tiny("transformer_lm_base_tiny", moe_expert_count=0)
     with pytest.raises(ValueError, match="--moe-expert-ffn-dim must be positive, or 0 for "
