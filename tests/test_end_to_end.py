@@ -140,9 +140,8 @@ def test_partial_model_refuses_full_sequence_scoring(data_dir, checkpoints):
 def test_eval_with_samples_longer_than_the_context_is_an_error(data_dir, gmlp_checkpoint):
     result = eval_lm(data_dir, gmlp_checkpoint, "--tokens-per-sample", "128", check=False)
     assert result.returncode != 0
-    assert "--tokens-per-sample is 128 tokens but this model's context is 64 tokens" in (
-        result.stderr
-    )
+    assert ("--tokens-per-sample 128 gives 128-token inputs but this model's context is 64 "
+            "tokens") in result.stderr
 
 
 def test_missing_data_directory_is_named(tmp_path):

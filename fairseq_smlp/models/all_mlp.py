@@ -27,11 +27,21 @@ def resolve_context(args, task) -> int:
     --tokens-per-sample than in training) is an error here: fairseq would otherwise drop every
     over-long sample and report a perplexity over nothing.
     """
+    task_args = getattr(task, "args", None)
+    # --add-bos-token puts a beginning-of-sentence token before every block: one more position.
+    bos = int(bool(safe_getattr(task_args, "add_bos_token", False)))
     if safe_getattr(args, "max_target_positions", None) is None:
-        args.max_target_positions = args.tokens_per_sample
-    requested = safe_getattr(getattr(task, "args", None), "tokens_per_sample", None)
-    if requested is not None:
-        check_context(requested, args.max_target_positions, "--tokens-per-sample")
+        args.max_target_positions = args.tokens_per_sample + bos
+    requested = safe_getattr(task_args, "tokens_per_sample", None)
+    if requested is not None and requested + bos > args.max_target_positions:
+        with_bos = " with --add-bos-token" if bos else ""
+        raise ValueError(
+            f"--tokens-per-sample {requested}{with_bos} gives {requested + bos}-token inputs but "
+            f"this model's context is {args.max_target_positions} tokens (the "
+            f"--tokens-per-sample / --max-target-positions it was built with): an all-MLP model "
+            f"mixes positions with fixed (T x T) matrices and cannot read longer inputs; use "
+            f"--tokens-per-sample {args.max_target_positions - bos}{with_bos} or less"
+        )
     return args.max_target_positions
 
 

@@ -30,6 +30,11 @@ class PartialPredictionLMConfig(LanguageModelingConfig):
 @register_task("partial_prediction_lm", dataclass=PartialPredictionLMConfig)
 class PartialPredictionLMTask(LanguageModelingTask):
     def __init__(self, args, dictionary, output_dictionary=None, targets=None):
+        if getattr(args, "add_bos_token", False):
+            raise ValueError(
+                "--add-bos-token cannot be combined with --task partial_prediction_lm: the "
+                "leading beginning-of-sentence token would move every block's context and "
+                "scored positions by one; leave it out")
         super().__init__(args, dictionary, output_dictionary, targets=targets)
         self.context = context_length(args.tokens_per_sample, args.prediction_fraction)
 

@@ -52,19 +52,32 @@ def test_overlong_input_names_the_limit():
         model(torch.randint(4, 40, (1, 17)))
 
 
-def test_task_asking_for_longer_samples_than_the_context_is_an_error():
-    dictionary = make_dictionary(10)
-    task = SimpleNamespace(
-        target_dictionary=dictionary, args=SimpleNamespace(tokens_per_sample=32)
-    )
+def tiny_gmlp(task_tokens_per_sample, add_bos_token=False, max_target_positions=None):
+    task = SimpleNamespace(target_dictionary=make_dictionary(10), args=SimpleNamespace(
+        tokens_per_sample=task_tokens_per_sample, add_bos_token=add_bos_token))
     args = SimpleNamespace(
-        tokens_per_sample=16, max_target_positions=None, decoder_embed_dim=8,
+        tokens_per_sample=16, max_target_positions=max_target_positions, decoder_embed_dim=8,
         decoder_ffn_embed_dim=16, decoder_layers=1, dropout=0.0,
         share_decoder_input_output_embed=True,
     )
-    with pytest.raises(ValueError, match="--tokens-per-sample is 32 tokens but this model's "
-                                         "context is 16 tokens"):
-        GmlpLanguageModel.build_model(args, task)
+    return GmlpLanguageModel.build_model(args, task)
+
+
+def test_task_asking_for_longer_samples_than_the_context_is_an_error():
+    with pytest.raises(ValueError, match="--tokens-per-sample 32 gives 32-token inputs but this "
+                                         "model's context is 16 tokens"):
+        tiny_gmlp(32)
+    with pytest.raises(ValueError, match="--tokens-per-sample 16 with --add-bos-token gives "
+                                         "17-token inputs .* use --tokens-per-sample 15 with "
+                                         "--add-bos-token or less"):
+        tiny_gmlp(16, add_bos_token=True, max_target_positions=16)
+
+
+def test_a_leading_bos_token_gets_a_position_of_its_own():
+    model = tiny_gmlp(16, add_bos_token=True)
+    assert model.max_positions() == 17
+    vocab = len(model.decoder.dictionary)
+    assert model(torch.randint(4, vocab, (2, 17)))[0].shape == (2, 17, vocab)
 
 
 def test_odd_ffn_dim_names_the_flag():
