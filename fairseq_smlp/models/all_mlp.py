@@ -6,6 +6,8 @@ from fairseq.utils import safe_getattr
 from torch import nn
 
 from ..modules.spatial_gating import SpatialGatingUnit
+from ..modules.spatial_projection import CausalSpatialProjection
+from ..trainer.checkpoints import state_key
 from .routing_stats import routing_stats
 
 
@@ -43,6 +45,24 @@ def resolve_context(args, task) -> int:
             f"--tokens-per-sample {args.max_target_positions - bos}{with_bos} or less"
         )
     return args.max_target_positions
+
+
+def check_saved_context(model: nn.Module, state_dict) -> None:
+    """The context T is a size of every spatial map, so a checkpoint trained with another T
+    would reach the user as a raw size mismatch."""
+    for name, module in model.named_modules():
+        saved = state_dict.get(f"{state_key(name)}.weight")
+        if not isinstance(module, CausalSpatialProjection) or saved is None:
+            continue
+        trained, built = saved.size(-1), module.max_positions
+        if trained != built:
+            raise ValueError(
+                f"this checkpoint's spatial maps are {trained} x {trained}: it was trained with a "
+                f"{trained}-token context, and this model is built for {built} tokens "
+                f"(--max-target-positions, else --tokens-per-sample). An all-MLP model's context "
+                f"is a size of its parameters: load it into a model built with "
+                f"--max-target-positions {trained}, which reads blocks of at most {trained} tokens"
+            )
 
 
 def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:

@@ -13,7 +13,7 @@ from ..distributed.expert_placement import exclude_experts_from_ddp
 from ..modules.gmlp_block import GmlpBlock
 from ..modules.spatial_projection import CausalSpatialProjection
 from ..trainer.checkpoints import ExpertCheckpointMixin
-from .all_mlp import AllMlpDecoder, resolve_context
+from .all_mlp import AllMlpDecoder, check_saved_context, resolve_context
 
 
 @dataclass
@@ -66,6 +66,15 @@ class GmlpLanguageModel(ExpertCheckpointMixin, FairseqLanguageModel):
     @classmethod
     def build_blocks(cls, args, task, max_positions: int) -> nn.ModuleList:
         return nn.ModuleList(dense_block(args, max_positions) for _ in range(args.decoder_layers))
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        self.check_state_dict(state_dict)
+        return super().load_state_dict(state_dict, strict, model_cfg, args)
+
+    def check_state_dict(self, state_dict) -> None:
+        """Refuse, in words, a checkpoint whose shapes follow from flags other than this
+        model's: torch would only report a size mismatch."""
+        check_saved_context(self, state_dict)
 
 
 @register_model_architecture("gmlp_lm", "gmlp_lm_tiny")

@@ -141,9 +141,9 @@ class SmlpLanguageModel(GmlpLanguageModel):
                                                  "prediction_fraction", None)
         return model
 
-    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+    def check_state_dict(self, state_dict) -> None:
+        super().check_state_dict(state_dict)
         check_routing_context(self, state_dict)
-        return super().load_state_dict(state_dict, strict, model_cfg, args)
 
 
 def check_routing_context(model: nn.Module, state_dict) -> None:

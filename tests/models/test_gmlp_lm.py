@@ -91,3 +91,15 @@ def test_gradients_reach_every_parameter():
     logits.logsumexp(-1).sum().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None]
     assert not missing
+
+
+@pytest.mark.parametrize("arch", ["gmlp_lm_tiny", "smlp_deterministic_tiny", "smlp_partial_tiny"])
+def test_a_checkpoint_of_another_context_is_refused_in_words(arch):
+    fraction = 0.8 if arch == "smlp_partial_tiny" else None
+    trained = build_model(arch, tokens_per_sample=8, prediction_fraction=fraction)
+    model = build_model(arch, tokens_per_sample=16, prediction_fraction=fraction)
+    with pytest.raises(ValueError, match="this checkpoint's spatial maps are 8 x 8: .* built for "
+                                         "16 tokens .* --max-target-positions 8"):
+        model.load_state_dict(trained.state_dict())
+    build_model(arch, tokens_per_sample=8, prediction_fraction=fraction).load_state_dict(
+        trained.state_dict())
