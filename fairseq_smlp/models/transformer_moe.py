@@ -163,8 +163,9 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
 
     def hand_token_ids(self, embed_tokens, args):
         tokens = args[0]  # (B, L)
+        padding = tokens.eq(embed_tokens.padding_idx)
         for moe in self.moe_layers():
-            moe.token_ids = tokens  # (B, L): the layer routes batch-major
+            moe.token_ids, moe.padding = tokens, padding  # (B, L): the layer routes batch-major
             # A layer that --decoder-layerdrop skips must not report its previous forward.
             moe.gate_loss, moe.stats = None, {}
 

@@ -16,7 +16,6 @@ from torch import nn
 
 from .balanced_assignment import balanced_assignment
 from .expert_load import load_cv
-from .grouping import group_counts
 
 SECOND_EXPERT_POLICIES = ("sampling", "all", "random")
 # BASE layers initialise the expert centroids orthogonally with this gain (fairseq BaseLayer).
@@ -34,16 +33,30 @@ class Routing:
     normalize_kept: bool = False
 
 
-def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor) -> torch.Tensor:
+def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor,
+                        padding: Optional[torch.Tensor] = None) -> torch.Tensor:
     """GShard / Switch auxiliary loss E * sum_e f_e * P_e: f_e the fraction of tokens whose first
-    choice is e, P_e the mean gate probability of e. 1 when balanced."""
+    choice is e, P_e the mean gate probability of e, over the tokens that are not ``padding``
+    (S,). 1 when balanced."""
     num_experts = probs.size(1)
-    fraction = group_counts(first_choice, num_experts).float() / first_choice.numel()
-    return num_experts * torch.sum(fraction * probs.mean(0))
+    share = real_share(probs, padding)  # (S,)
+    fraction = probs.new_zeros(num_experts).scatter_add_(0, first_choice, share)  # (E,) f_e
+    return num_experts * torch.sum(fraction * (probs * share[:, None]).sum(0))
 
 
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    return -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
+def real_share(probs: torch.Tensor, padding: Optional[torch.Tensor]) -> torch.Tensor:
+    """(S,) the weight of each token in a mean over the tokens that are not padding: 1 / (real
+    tokens) for those, 0 for padding."""
+    if padding is None:
+        return probs.new_full(probs.shape[:1], 1 / max(1, probs.size(0)))
+    real = (~padding).to(probs.dtype)
+    return real / real.sum().clamp_min(1)
+
+
+def entropy(probs: torch.Tensor, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean entropy of the gate's distributions over the tokens that are not padding."""
+    per_token = -(probs * probs.clamp_min(1e-9).log()).sum(-1)  # (S,)
+    return (per_token * real_share(probs, padding)).sum()
 
 
 def check_capacity_factor(capacity_factor: float) -> None:
@@ -81,12 +94,12 @@ class TopKGate(nn.Module):
         self.second_expert_policy = second_expert_policy
         self.wg = nn.Linear(embed_dim, num_experts, bias=False)
 
-    def forward(self, tokens: torch.Tensor, token_ids=None) -> Routing:
+    def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> Routing:
         logits = F.linear(tokens.float(), self.wg.weight.float())  # (S, E) in fp32
         probs = logits.softmax(-1)
         first = logits.max(-1).indices  # (S,); on CPU argmax over E is several times slower
-        aux_loss = load_balancing_loss(probs, first)
-        stats = {"gate_entropy": entropy(probs.detach())}
+        aux_loss = load_balancing_loss(probs, first, padding)
+        stats = {"gate_entropy": entropy(probs.detach(), padding)}
         if self.k == 1:
             expert_index, weight = first.unsqueeze(1), probs.gather(1, first.unsqueeze(1))
         else:
@@ -131,7 +144,7 @@ class BalancedGate(nn.Module):
         nn.init.orthogonal_(centroids, gain=CENTROID_INIT_GAIN)
         self.centroids = nn.Parameter(centroids)
 
-    def forward(self, tokens: torch.Tensor, token_ids=None) -> Routing:
+    def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> Routing:
         if self.training and tokens.size(0) < self.num_experts:
             raise ValueError(
                 f"balanced routing gives every one of the {self.num_experts} experts a share of "
@@ -140,11 +153,18 @@ class BalancedGate(nn.Module):
             )
         affinity = tokens @ self.centroids.t()  # (S, E)
         greedy = affinity.detach().max(-1).indices
+        if padding is not None:
+            greedy = torch.where(padding, -1, greedy)
         if self.training:
-            expert = balanced_assignment(affinity.detach())
+            scores = affinity.detach()
+            if padding is not None:
+                # The same score for every expert: padding fills whichever slots the real tokens
+                # leave, and moves none of them.
+                scores = torch.where(padding[:, None], 0.0, scores)
+            expert = balanced_assignment(scores)
             capacity = math.ceil(tokens.size(0) / self.num_experts)
         else:
-            expert, capacity = greedy, None
+            expert, capacity = greedy.clamp_min(0), None
         weight = torch.sigmoid(affinity.gather(1, expert.unsqueeze(1)))  # (S, 1)
         stats = {"greedy_load_cv": load_cv(greedy, self.num_experts)}
         return Routing(expert.unsqueeze(1), weight, capacity, None, stats)
@@ -163,7 +183,7 @@ class HashGate(nn.Module):
             "token_to_expert", torch.randint(num_experts, (vocab_size,), generator=generator)
         )
 
-    def forward(self, tokens: torch.Tensor, token_ids=None) -> Routing:
+    def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> Routing:
         if token_ids is None:
             raise ValueError("hash routing needs the token ids of the tokens it routes")
         expert = self.token_to_expert[token_ids.reshape(-1)].unsqueeze(1)  # (S, 1)

@@ -47,6 +47,9 @@ class MoELayer(nn.Module):
         # What the gate scores in place of the next forward's input, same shape, for gates that
         # route on another tensor than the experts run on (BASE on the residual stream).
         self.routing_input: Optional[torch.Tensor] = None
+        # (B, T) True at the padding positions of the next forward's tokens, set by the model
+        # that knows them: padding takes no expert slot and counts in no loss or figure.
+        self.padding: Optional[torch.Tensor] = None
         self.gate_loss: Optional[torch.Tensor] = None
         self.last_assignment: Optional[torch.Tensor] = None
         self.stats: Dict[str, torch.Tensor] = {}
@@ -72,8 +75,16 @@ class MoELayer(nn.Module):
         tokens = x.reshape(-1, x.size(-1))  # (S, D), batch-major
         # A time-major x is copied once into tokens; the gate reads that copy, not a second.
         gate_input = tokens if scored is None else scored.reshape(tokens.shape)
-        routing = self.gate(gate_input, self.token_ids if token_ids is None else token_ids)
-        chosen = routing.expert_index >= 0  # withdrawn choices (top-2 'random') were never routed
+        padding = None if self.padding is None else self.padding.reshape(-1)  # (S,)
+        if padding is not None and padding.numel() != tokens.size(0):
+            raise ValueError(f"the padding mask has {padding.numel()} positions, the layer's "
+                             f"input {tokens.size(0)} tokens")
+        routing = self.gate(gate_input, self.token_ids if token_ids is None else token_ids,
+                            padding)
+        if padding is not None:
+            routing.expert_index = torch.where(padding[:, None], -1, routing.expert_index)
+        # Withdrawn choices (padding, top-2 'random') are never routed.
+        chosen = routing.expert_index >= 0
         if self.runs_choices_directly(routing):
             kept = chosen
             output = self.run_choices(tokens, routing.expert_index,

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -165,3 +166,51 @@ def test_an_empty_batch_gives_an_empty_output(name, training):
     out = layer(tokens, torch.zeros(0, dtype=torch.long))
     assert out.shape == (0, D)
     out.sum().backward()
+
+
+# Tokens 0 and 1 of hand_batch() as padding: both would take expert 0's slots.
+PADDING = torch.tensor([True, True, False, False, False, False])
+
+
+def test_padding_takes_no_slot_and_counts_in_neither_the_aux_loss_nor_the_figures():
+    layer = MoELayer(gate(1), BatchedFeedForwardExperts(E, D, 4), E).train()
+    layer.padding = PADDING
+    tokens = hand_batch()
+    out = layer(tokens)
+    # Expert 0 holds 2 (capacity from all 6 positions): the real tokens 2 and 5 now fit.
+    assert layer.last_assignment[:, 0].tolist() == [-1, -1, 0, 1, 2, 0]
+    assert (out[:2] == 0).all() and (out[2:].abs().sum(1) > 0).all()
+    assert float(layer.stats["dropped"]) == 0
+    probs = [softmax_row(row) for row in tokens[2:].tolist()]
+    first = [max(range(E), key=lambda e: p[e]) for p in probs]
+    f = [first.count(e) / 4 for e in range(E)]
+    mean_p = [sum(p[e] for p in probs) / 4 for e in range(E)]
+    assert math.isclose(float(layer.gate_loss.detach()),
+                        E * sum(a * b for a, b in zip(f, mean_p)), rel_tol=1e-5)
+
+
+def test_padding_leaves_the_balanced_assignment_of_the_real_tokens_optimal():
+    gate_ = BalancedGate(D, E)
+    with torch.no_grad():
+        gate_.centroids.copy_(torch.eye(D))  # affinity = the tokens themselves
+    layer = MoELayer(gate_, BatchedFeedForwardExperts(E, D, 4), E).train()
+    layer.padding = PADDING
+    tokens = hand_batch()
+    layer(tokens)
+    expert = layer.last_assignment[:, 0].tolist()
+    assert expert[:2] == [-1, -1]
+    # Every way of giving the 4 real tokens at most ceil(6 / 3) = 2 per expert, the best total.
+    real = tokens[2:].tolist()
+    best = max(sum(row[e] for row, e in zip(real, choice))
+               for choice in itertools.product(range(E), repeat=4)
+               if max(choice.count(e) for e in range(E)) <= 2)
+    assert math.isclose(sum(row[e] for row, e in zip(real, expert[2:])), best, rel_tol=1e-6)
+
+
+def test_hash_routing_leaves_padding_out():
+    layer = MoELayer(HashGate(10, E, seed=1), BatchedFeedForwardExperts(E, D, 4), E).train()
+    layer.token_ids = torch.tensor([1, 1, 2, 3, 4, 5])
+    layer.padding = PADDING
+    out = layer(hand_batch())
+    assert (layer.last_assignment[:2] == -1).all() and (layer.last_assignment[2:] >= 0).all()
+    assert (out[:2] == 0).all()

@@ -61,7 +61,16 @@ def host_reads(module, x):
 def test_training_moe_layer_never_waits(monkeypatch, name, build, packed):
     if packed:
         pack_experts_on_cpu(monkeypatch)
-    assert host_reads(build(), torch.randn(2, 24, 16, requires_grad=True)) == []
+    layer = build()
+    layer.padding = padding()
+    assert host_reads(layer, torch.randn(2, 24, 16, requires_grad=True)) == []
+
+
+def padding():
+    """(2, 24): the second sequence 19 tokens long."""
+    mask = torch.zeros(2, 24, dtype=torch.bool)
+    mask[1, 19:] = True
+    return mask
 
 
 def test_training_hash_layer_never_waits_with_packed_groups(monkeypatch):
@@ -69,7 +78,7 @@ def test_training_hash_layer_never_waits_with_packed_groups(monkeypatch):
     layout of CUDA bf16 needs nothing from the host."""
     pack_experts_on_cpu(monkeypatch)
     layer = MoELayer(HashGate(50, 4, seed=1), BatchedFeedForwardExperts(4, 16, 32), 4)
-    layer.token_ids = torch.randint(50, (2, 24))
+    layer.token_ids, layer.padding = torch.randint(50, (2, 24)), padding()
     assert host_reads(layer, torch.randn(2, 24, 16, requires_grad=True)) == []
 
 
