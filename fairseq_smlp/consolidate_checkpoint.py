@@ -8,7 +8,8 @@ reads checkpoints/run/checkpoint_best-rank-*.pt and writes checkpoints/run/check
 of different updates (the trace of a save that some ranks did not finish), are refused. A
 --ddp-backend fully_sharded run writes checkpoint_best-shard*.pt instead; their merge needs an
 --output of another name, since fairseq-eval-lm reads NAME-shard0.pt in place of NAME.pt when
-both exist. The optimizer state is left out: it was laid out per rank.
+both exist. The optimizer state is left out: it was laid out per rank, so fairseq-train refuses
+to resume from the merge and starts from it with --finetune-from-model.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from typing import Dict, List
 import torch
 from fairseq import checkpoint_utils
 
-from .trainer.checkpoints import RANK_SUFFIX, SHARD_SUFFIX, SHARDS_KEY
+from .trainer.checkpoints import MERGED_KEY, RANK_SUFFIX, SHARD_SUFFIX, SHARDS_KEY
 from .trainer.fully_sharded_checkpoints import merge_sharded_checkpoints
 
 
@@ -104,6 +105,9 @@ def consolidate(path: Path, output: Path, force: bool = False) -> int:
         merged = checkpoints[0]
         merged["model"] = merge_model_states([c["model"] for c in checkpoints])
         merged.pop("last_optimizer_state", None)
+    # fairseq-train refuses to resume from the merge (trainer/checkpoints.py): without the
+    # optimizer state it would start the update count over.
+    merged["extra_state"] = {**(merged.get("extra_state") or {}), MERGED_KEY: len(files)}
     checkpoint_utils.torch_persistent_save(merged, str(output))
     return len(files)
 

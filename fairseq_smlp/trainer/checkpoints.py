@@ -39,6 +39,8 @@ CONSOLIDATE = "python -m fairseq_smlp.consolidate_checkpoint"
 RANK_SUFFIX = "-rank-"  # NAME-rank-R.pt: a rank's file of an expert-parallel run
 SHARD_SUFFIX = "-shard"  # NAME-shardR.pt: fairseq's, a rank's file under fully_sharded
 PENDING = ".pending"  # a rank's new checkpoint file until every rank has written its own
+# In a merged checkpoint's extra_state: the number of rank files merged (consolidate_checkpoint).
+MERGED_KEY = "merged_rank_files"
 logger = logging.getLogger("fairseq_smlp.trainer.checkpoints")
 # Module names FSDP puts between a module and its wrapped children (fairscale's
 # FullyShardedDataParallel and FlattenParamsWrapper); state dicts leave them out.
@@ -204,7 +206,11 @@ def _load_checkpoint(trainer, filename, *args, **kwargs):
     filename = str(intact_or_fallback(Path(filename)))
     if not trainer_holds_parallel_experts(trainer):
         check_no_rank_files(Path(filename))
-        return _fairseq["load"](trainer, filename, *args, **kwargs)
+        extra_state = _fairseq["load"](trainer, filename, *args, **kwargs)
+        reset_optimizer = args[0] if args else kwargs.get("reset_optimizer", False)
+        if not reset_optimizer:
+            check_not_resuming_a_merge(filename, extra_state)
+        return extra_state
     check_every_rank_finds_its_file(Path(filename))
     with open_dict(trainer.cfg.checkpoint):
         trainer.cfg.checkpoint.load_checkpoint_on_all_dp_ranks = True
@@ -257,6 +263,20 @@ def check_no_rank_files(path: Path) -> None:
         f"with `{CONSOLIDATE} {path}` and start from the merged file with "
         f"--finetune-from-model"
     )
+
+
+def check_not_resuming_a_merge(filename: str, extra_state: Optional[dict]) -> None:
+    """A merged checkpoint has no optimizer state (it was laid out per rank); fairseq would
+    resume from it at update 0 with a fresh optimizer and learning-rate schedule, yet carry on
+    from the data position the run had reached."""
+    merged = (extra_state or {}).get(MERGED_KEY)
+    if merged:
+        raise ValueError(
+            f"{filename} merges the {merged} rank files of an expert-parallel run and has no "
+            f"optimizer state: resuming from it would start the update count, the optimizer and "
+            f"the learning-rate schedule over. Resume on {merged} ranks from the rank files, or "
+            f"start from the merge with --finetune-from-model {filename} (and another --save-dir)"
+        )
 
 
 def check_every_rank_finds_its_file(path: Path) -> None:

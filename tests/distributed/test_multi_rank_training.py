@@ -215,6 +215,18 @@ def test_one_process_refuses_to_start_over_beside_rank_files(data_dir, rank_file
     assert sorted(p.name for p in save_dir.iterdir()) == before
 
 
+def test_one_process_refuses_to_resume_from_a_merge(data_dir, rank_files, tmp_path):
+    """The merge has no optimizer state: fairseq would resume it at update 0."""
+    save_dir = tmp_path / "run"
+    copy_rank_files(rank_files, save_dir)
+    consolidate_cli(save_dir / "checkpoint_last.pt")
+    log = one_process(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 6), check=False)
+    assert (f"{save_dir / 'checkpoint_last.pt'} merges the 2 rank files of an expert-parallel run "
+            f"and has no optimizer state") in log, log[-3000:]
+    assert f"--finetune-from-model {save_dir / 'checkpoint_last.pt'}" in log
+    assert "train_inner" not in log
+
+
 def test_two_ranks_refuse_to_start_over_beside_a_single_process_checkpoint(data_dir, rank_files,
                                                                            tmp_path):
     save_dir = tmp_path / "run"
