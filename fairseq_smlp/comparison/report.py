@@ -39,7 +39,7 @@ from matplotlib.ticker import LogFormatter  # noqa: E402
 from ..partial_prediction import DEFAULT_PREDICTION_FRACTION, context_length  # noqa: E402
 from .systems import PARTIAL_LM  # noqa: E402
 from .train_log import (  # noqa: E402
-    ReportError, TrainLog, ValidPoint, read_eval_lm_ppl, read_train_log,
+    ReportError, TrainLog, ValidPoint, read_eval_lm_ppl, read_json_object, read_train_log,
 )
 from .zero_shot_table import (  # noqa: E402
     ZERO_SHOT_DIR, TaskScore, read_zero_shot, zero_shot_markdown,
@@ -87,12 +87,7 @@ def read_system(path: Path) -> dict:
     )
     if not path.is_file():
         raise ReportError(f"{path}: missing; {how}")
-    try:
-        system = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ReportError(f"{path}: not JSON ({error}); {how}") from error
-    if not isinstance(system, dict):
-        raise ReportError(f"{path}: holds {type(system).__name__}, not a JSON object; {how}")
+    system = read_json_object(path, how)
     missing = [key for key in SYSTEM_TEXT_KEYS + SYSTEM_NUMBER_KEYS if key not in system]
     if missing:
         raise ReportError(f"{path}: no {', '.join(missing)}; {how}")

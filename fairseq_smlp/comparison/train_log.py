@@ -38,6 +38,17 @@ class ReportError(ValueError):
     """A run directory, log or system.json the report cannot read; the message says why."""
 
 
+def read_json_object(path: Path, how: str) -> dict:
+    """The JSON object in ``path``; else a ReportError ending with ``how`` to write it."""
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{path}: not JSON ({error}); {how}") from error
+    if not isinstance(record, dict):
+        raise ReportError(f"{path}: holds {type(record).__name__}, not a JSON object; {how}")
+    return record
+
+
 @dataclass(frozen=True)
 class ProgressLine:
     """A train_inner or train line: where training stood when it was written."""

@@ -2,10 +2,11 @@
 (``RUNS_DIR/<system>/zero_shot/<task>.json``, written by ``python -m fairseq_smlp.zero_shot
 --json-out``), next to the paper's figures for its 9-10B-parameter models."""
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from .train_log import ReportError, read_json_object
 
 ZERO_SHOT_DIR = "zero_shot"
 # The tasks whose validation sets ship offline, in the order of the paper's table: always
@@ -48,19 +49,14 @@ def read_zero_shot(run_dir: Path) -> Dict[str, TaskScore]:
     for path in sorted((run_dir / ZERO_SHOT_DIR).glob("*.json")):
         how = (f"write it with `python -m fairseq_smlp.zero_shot --task TASK --path CHECKPOINT "
                f"--json-out {path}`")
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not JSON ({error}); {how}") from error
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: holds {type(record).__name__}, not a JSON object; {how}")
+        record = read_json_object(path, how)
         try:
             rule = record["headline"]
             accuracy = record["accuracy_norm" if rule == "per-token" else "accuracy"]
             scores[record["task"]] = TaskScore(accuracy, rule, record["examples"],
                                                record["truncated"], record["data"])
         except KeyError as error:
-            raise ValueError(f"{path}: no {error}; {how}") from error
+            raise ReportError(f"{path}: no {error}; {how}") from error
     return scores
 
 
