@@ -12,13 +12,16 @@ from ..trainer.checkpoints import state_key
 from .routing_stats import routing_stats
 
 
-def check_context(length: int, context: int, what: str) -> None:
+def check_context(length: int, context: int, what: str, fits: str = "") -> None:
+    """Refuse inputs of ``length`` positions to a model of ``context``. ``what`` says what is
+    too long, its ``{length}`` filled in only for the message; ``fits`` the flags that would
+    fit (--tokens-per-sample ``context``)."""
     if length > context:
         raise ValueError(
-            f"{what} is {length} tokens but this model's context is {context} tokens (the "
+            f"{what.format(length=length)} but this model's context is {context} tokens (the "
             f"--tokens-per-sample / --max-target-positions it was built with): an all-MLP model "
             f"mixes positions with fixed (T x T) matrices and cannot read longer inputs; use "
-            f"--tokens-per-sample {context} or less"
+            f"{fits or f'--tokens-per-sample {context}'} or less"
         )
 
 
@@ -36,15 +39,11 @@ def resolve_context(args, task) -> int:
     if safe_getattr(args, "max_target_positions", None) is None:
         args.max_target_positions = args.tokens_per_sample + bos
     requested = safe_getattr(task_args, "tokens_per_sample", None)
-    if requested is not None and requested + bos > args.max_target_positions:
+    if requested is not None:
         with_bos = " with --add-bos-token" if bos else ""
-        raise ValueError(
-            f"--tokens-per-sample {requested}{with_bos} gives {requested + bos}-token inputs but "
-            f"this model's context is {args.max_target_positions} tokens (the "
-            f"--tokens-per-sample / --max-target-positions it was built with): an all-MLP model "
-            f"mixes positions with fixed (T x T) matrices and cannot read longer inputs; use "
-            f"--tokens-per-sample {args.max_target_positions - bos}{with_bos} or less"
-        )
+        check_context(requested + bos, args.max_target_positions,
+                      f"--tokens-per-sample {requested}{with_bos} gives {{length}}-token inputs",
+                      fits=f"--tokens-per-sample {args.max_target_positions - bos}{with_bos}")
     return args.max_target_positions
 
 
@@ -112,7 +111,8 @@ class AllMlpDecoder(FairseqIncrementalDecoder):
 
     def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None,
                          **kwargs):
-        check_context(prev_output_tokens.size(1), self.max_target_positions, "the input")
+        check_context(prev_output_tokens.size(1), self.max_target_positions,
+                      "the input is {length} tokens")
         decoding = incremental_state is not None
         if decoding and self.decodes_incrementally:
             prev_output_tokens = prev_output_tokens[:, -1:]  # the past is in the units' state
