@@ -6,11 +6,12 @@ tests cannot run FSDP's forward and backward).
 For smlp_deterministic_tiny, smlp_partial_tiny and transformer_lm_switch_tiny, fairseq-train runs U
 updates on N GPUs (default: all) over the same batches with legacy_ddp (the reference),
 pytorch_ddp and fully_sharded --use-sharded-state, in fp32, dropout 0, with --clip-norm small
-enough to clip, and the losses of every update are compared. The fully_sharded run is also stopped halfway and
-resumed from its -shardR files (the resumed updates must repeat the uninterrupted run), and its
-last -shardR files are merged into one checkpoint that fairseq-validate evaluates on one GPU (the
-loss must be the run's last validation loss). On 1 GPU nothing is spread; on 2 GPUs each holds
-E/2 experts; --experts 2 on 4 GPUs puts each expert on two replicas. Exits 1 on a mismatch.
+enough to clip, and the losses of every update are compared. The fully_sharded run is also
+stopped halfway and resumed from its -shardR files (the resumed updates must repeat the
+uninterrupted run), and its last -shardR files are merged into one checkpoint that
+fairseq-validate evaluates on one GPU (the loss must be the run's last validation loss). On 1
+GPU nothing is spread; on 2 GPUs each holds E/2 experts; --experts 2 on 4 GPUs puts each expert
+on two replicas. Exits 1 on a mismatch.
 """
 
 import argparse

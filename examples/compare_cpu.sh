@@ -3,8 +3,9 @@
 # deterministic routing and with partial prediction, GShard, Switch, BASE, Hash), each sized to
 # the same training FLOPs per token, on the bundled corpus for the same wall-clock budget, once
 # per seed (in rounds: every system with seed 1, then with seed 2, ...); score each final
-# checkpoint on the trailing 80% of every validation block; then write the report (a markdown table of means and spreads over the seeds, and plots of
-# validation perplexity against time and updates).
+# checkpoint on the trailing 80% of every validation block; then write the report (a markdown
+# table of means and spreads over the seeds, and plots of validation perplexity against time and
+# updates).
 #
 #   examples/compare_cpu.sh [--minutes M] [--seeds N] [--data DIR] [--out DIR]
 #                           [--systems a,b,...] [--sweep-experts 1,4,16]
