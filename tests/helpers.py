@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fairseq_smlp  # noqa: F401  (registers the models)
 from fairseq_smlp.modules.spatial_projection import CausalSpatialProjection
@@ -92,3 +93,28 @@ def assign_as_on_a_device(monkeypatch) -> None:
     from fairseq_smlp.modules import balanced_assignment
 
     monkeypatch.setattr(balanced_assignment, "_CPU_AUCTION", False)
+
+
+# aten operators whose result the host must see (a scalar it reads, or an output whose size
+# depends on the data), and lift_fresh, a tensor made from Python data (a copy from host memory
+# when it is then written into a GPU tensor).
+HOST_WAITS = {
+    "_local_scalar_dense", "is_nonzero", "nonzero", "nonzero_static", "masked_select",
+    "bincount", "unique", "_unique2", "unique_consecutive", "unique_dim", "item",
+    "repeat_interleave", "equal", "lift_fresh",
+}
+
+
+class HostReads(TorchDispatchMode):
+    """Records, in ``seen``, the operators run inside it that make the host wait."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in HOST_WAITS or (name == "index" and any(
+                t is not None and t.dtype == torch.bool for t in args[1])):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))

@@ -38,6 +38,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .cuda_path import takes_cuda_path
 from .grouping import group_counts, rank_in_group
 
 # Chosen by a sweep against the exact optimum (docs/design.md): fewer leave skewed problems, or
@@ -66,9 +67,10 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
     scores = scores.reshape(-1, num_items, num_experts).float()  # (R, N, E)
     if num_experts == 1 or num_items == 0:
         return scores.new_zeros(*batch, num_items, dtype=torch.long)
-    if scores.device.type == "cpu" and cpu_auction() is not None:
+    if scores.device.type == "cpu" and not takes_cuda_path(scores) and cpu_auction() is not None:
         expert = auction_on_cpu(scores)
-    elif scores.is_cuda and not torch.cuda.is_current_stream_capturing():
+    elif (scores.is_cuda and not torch.cuda.is_current_stream_capturing()
+          and not torch.compiler.is_compiling()):  # a compiled region fuses the steps instead
         expert = replayed(scores)
     else:
         expert = solve(scores)
@@ -93,14 +95,20 @@ def cpu_auction():
 _CPU_AUCTION = None
 
 
+@torch.library.custom_op("fairseq_smlp::auction_on_cpu", mutates_args=(), device_types="cpu")
 def auction_on_cpu(scores: torch.Tensor) -> torch.Tensor:
     """(R, N, E) float32 CPU scores -> (R, N) experts, by the compiled auction run to
     completion: on the CPU no device waits for the host, so its data-dependent loop costs only
-    its own work."""
+    its own work. An operator of its own, which a compiled region calls as it is."""
     scores = scores.detach().contiguous()
     expert = torch.empty(scores.shape[:2], dtype=torch.long)
     cpu_auction().solve(scores.numpy(), expert.numpy(), *scores.shape)
     return expert
+
+
+@auction_on_cpu.register_fake
+def _(scores: torch.Tensor) -> torch.Tensor:
+    return scores.new_empty(scores.shape[:2], dtype=torch.long)
 
 
 def solve(scores: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,9 @@ that device (timed on 2 cores, T = 128, H = 256, batch 8):
 - the causal mask multiplies the map once in the forward pass and the map's gradient in place
   in the backward pass; maps and biases are taken whole when the input is T long, so autograd
   pads no slice of them.
-Elsewhere (GPUs, whose figures were measured with it, and CPU autocast, whose casts the autograd
-functions would not see) the plain einsum below, which the CPU path is tested against.
+Elsewhere (GPUs, whose figures were measured with it, CPU autocast, whose casts the autograd
+functions would not see, and compiled regions, which optimise the einsum themselves) the plain
+einsum below, which the CPU path is tested against.
 """
 
 from typing import Optional
@@ -28,6 +29,7 @@ from typing import Optional
 import torch
 
 from .column_permutation import permute_columns
+from .cuda_path import takes_cuda_path
 
 
 def causal_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -42,7 +44,8 @@ def causal_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         order: (B, H) optional: chunk g of sequence b is its columns order[b, gC:(g+1)C].
         inverse: (B, H) the inverse permutation of ``order`` (given with it).
     """
-    if x.device.type == "cpu" and not _autocast_on_cpu():
+    if (x.device.type == "cpu" and not takes_cuda_path(x) and not _autocast_on_cpu()
+            and not torch.compiler.is_compiling()):
         if order is None and weight.size(0) == 1:
             return _SharedMap.apply(x, weight, bias, mask)
         return _GroupedMaps.apply(x, weight, bias, mask, order, inverse)

@@ -2,11 +2,13 @@
 or as one grouped matrix product over packed groups of any size where torch has a fast one."""
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .cuda_path import takes_cuda_path
 
 
 class BatchedFeedForwardExperts(nn.Module):
@@ -33,7 +35,13 @@ class BatchedFeedForwardExperts(nn.Module):
         )
         self.fc2_bias = nn.Parameter(torch.empty(num_experts, 1, embed_dim).uniform_(-bound_out, bound_out))
 
-    def forward(self, buffer: torch.Tensor) -> torch.Tensor:
+    def forward(self, buffer: torch.Tensor, row_one_hot: Optional[torch.Tensor] = None,
+                group_end: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(E, C, D) -> (E, C, D); or, given ``group_end``, packed rows (M, D) -> (M, D), expert
+        e applied to rows [group_end[e - 1], group_end[e]), with group_end[-1] = M, and
+        ``row_one_hot`` (M, E) bool marking the expert of each row."""
+        if group_end is not None:
+            return self._forward_packed(buffer, row_one_hot, group_end)
         hidden = self.activation(torch.baddbmm(self.fc1_bias, buffer, self.fc1_weight))  # (E, C, F)
         return torch.baddbmm(self.fc2_bias, hidden, self.fc2_weight)  # (E, C, D)
 
@@ -49,15 +57,11 @@ class BatchedFeedForwardExperts(nn.Module):
             torch.baddbmm(chosen(self.fc1_bias), x, chosen(self.fc1_weight)))  # (N, 1, F)
         return torch.baddbmm(chosen(self.fc2_bias), hidden, chosen(self.fc2_weight)).squeeze(1)
 
-    def forward_packed(self, rows: torch.Tensor, group_end: torch.Tensor) -> torch.Tensor:
-        """(M, D) -> (M, D): expert e applied to rows [group_end[e - 1], group_end[e]), with
-        group_end[-1] = M."""
-        num_experts = group_end.numel()
-        row = torch.arange(rows.size(0), device=rows.device)
-        expert = torch.searchsorted(group_end.long(), row, right=True).clamp_max(num_experts - 1)
+    def _forward_packed(self, rows: torch.Tensor, row_one_hot: torch.Tensor,
+                        group_end: torch.Tensor) -> torch.Tensor:
         # Biases enter as (M, E) one-hot @ (E, F): their gradient is then a matrix product too,
         # not M atomic adds into E rows.
-        one_hot = (expert[:, None] == torch.arange(num_experts, device=rows.device)).to(rows.dtype)
+        one_hot = row_one_hot.to(rows.dtype)
         hidden = torch.addmm(F.grouped_mm(rows, self.fc1_weight, offs=group_end), one_hot,
                              self.fc1_bias.squeeze(1))  # (M, F)
         return torch.addmm(F.grouped_mm(self.activation(hidden), self.fc2_weight, offs=group_end),
@@ -68,8 +72,9 @@ class BatchedFeedForwardExperts(nn.Module):
         return f"num_experts={e}, embed_dim={d}, ffn_dim={f}"
 
 
-# Where torch's grouped matrix product has a fast kernel: CUDA, bf16 (its documented inputs), and
-# rows whose byte strides are multiples of 16.
+# Where torch's grouped matrix product has a fast kernel that does not wait on the host: CUDA and
+# bf16 (in fp16 it reads the group offsets back), rows whose byte strides are multiples of 16.
+# CPU tensors take it inside cuda_path.cuda_path_on_cpu().
 PACKED_DEVICE_TYPES = ("cuda",)
 PACKED_DTYPES = (torch.bfloat16,)
 
@@ -81,5 +86,6 @@ def packed_experts_supported(experts: nn.Module, tokens: torch.Tensor) -> bool:
         return False
     _, embed_dim, ffn_dim = experts.shape
     aligned = all(width * tokens.element_size() % 16 == 0 for width in (embed_dim, ffn_dim))
-    return (tokens.device.type in PACKED_DEVICE_TYPES and tokens.dtype in PACKED_DTYPES
+    on_device = tokens.device.type in PACKED_DEVICE_TYPES or takes_cuda_path(tokens)
+    return (on_device and tokens.dtype in PACKED_DTYPES
             and experts.fc1_weight.dtype == tokens.dtype and aligned)

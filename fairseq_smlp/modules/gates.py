@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .balanced_assignment import balanced_assignment
-from .expert_load import load_cv
+from .expert_load import expert_load, load_cv
 
 SECOND_EXPERT_POLICIES = ("sampling", "all", "random")
 # BASE layers initialise the expert centroids orthogonally with this gain (fairseq BaseLayer).
@@ -34,29 +34,27 @@ class Routing:
 
 
 def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor,
-                        padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+                        share: torch.Tensor) -> torch.Tensor:
     """GShard / Switch auxiliary loss E * sum_e f_e * P_e: f_e the fraction of tokens whose first
-    choice is e, P_e the mean gate probability of e, over the tokens that are not ``padding``
-    (S,). 1 when balanced."""
+    choice is e, P_e the mean gate probability of e, both over the tokens ``share`` (S,) weighs
+    (real_share). 1 when balanced."""
     num_experts = probs.size(1)
-    share = real_share(probs, padding)  # (S,)
     fraction = probs.new_zeros(num_experts).scatter_add_(0, first_choice, share)  # (E,) f_e
-    return num_experts * torch.sum(fraction * (probs * share[:, None]).sum(0))
+    return num_experts * torch.dot(fraction, torch.mv(probs.t(), share))
 
 
-def real_share(probs: torch.Tensor, padding: Optional[torch.Tensor]) -> torch.Tensor:
-    """(S,) the weight of each token in a mean over the tokens that are not padding: 1 / (real
-    tokens) for those, 0 for padding."""
+def real_share(tokens: torch.Tensor, padding: Optional[torch.Tensor]) -> torch.Tensor:
+    """(S,) fp32: the weight of each token in a mean over the tokens that are not padding:
+    1 / (real tokens) for those, 0 for padding."""
     if padding is None:
-        return probs.new_full(probs.shape[:1], 1 / max(1, probs.size(0)))
-    real = (~padding).to(probs.dtype)
+        return tokens.new_full(tokens.shape[:1], 1 / max(1, tokens.size(0)), dtype=torch.float)
+    real = padding.logical_not()
     return real / real.sum().clamp_min(1)
 
 
-def entropy(probs: torch.Tensor, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean entropy of the gate's distributions over the tokens that are not padding."""
-    per_token = -(probs * probs.clamp_min(1e-9).log()).sum(-1)  # (S,)
-    return (per_token * real_share(probs, padding)).sum()
+def entropy(probs: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the gate's distributions, over the tokens ``share`` weighs."""
+    return torch.dot(torch.special.entr(probs).sum(1), share)
 
 
 def check_capacity_factor(capacity_factor: float) -> None:
@@ -95,13 +93,15 @@ class TopKGate(nn.Module):
         self.wg = nn.Linear(embed_dim, num_experts, bias=False)
 
     def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> Routing:
-        logits = F.linear(tokens.float(), self.wg.weight.float())  # (S, E) in fp32
+        # The product in the activations' dtype, the (S, E) logits in fp32.
+        logits = F.linear(tokens, self.wg.weight).float()
         probs = logits.softmax(-1)
-        first = logits.max(-1).indices  # (S,); on CPU argmax over E is several times slower
-        aux_loss = load_balancing_loss(probs, first, padding)
-        stats = {"gate_entropy": entropy(probs.detach(), padding)}
+        top, first = probs.max(-1, keepdim=True)  # (S, 1) each
+        share = real_share(tokens, padding)
+        aux_loss = load_balancing_loss(probs, first.squeeze(1), share)
+        stats = {"gate_entropy": entropy(probs.detach(), share)}
         if self.k == 1:
-            expert_index, weight = first.unsqueeze(1), probs.gather(1, first.unsqueeze(1))
+            expert_index, weight = first, top
         else:
             expert_index, weight = self.second_choice(logits, probs, first)
         if self.training:
@@ -109,22 +109,22 @@ class TopKGate(nn.Module):
             capacity = math.ceil(self.capacity_factor * self.k * fair_share)
         else:
             capacity = None
-        return Routing(expert_index, weight.to(tokens.dtype), capacity, aux_loss, stats,
-                       normalize_kept=self.k == 2)
+        return Routing(expert_index, weight, capacity, aux_loss, stats, normalize_kept=self.k == 2)
 
     def second_choice(self, logits, probs, first):
-        masked = logits.scatter(1, first.unsqueeze(1), float("-inf"))
+        """(S, 2) experts and weights, from the (S, E) logits and probabilities and the (S, 1)
+        first choices."""
+        masked = logits.scatter(1, first, float("-inf"))
         if self.training and self.second_expert_policy == "sampling":
-            gumbel = -torch.empty_like(masked).exponential_().log()
-            second = (masked + gumbel).max(-1).indices
-        else:
-            second = masked.max(-1).indices
-        expert_index = torch.stack([first, second], dim=1)  # (S, 2)
+            # Gumbel noise: minus the log of a standard exponential draw.
+            masked = masked - torch.empty_like(masked).exponential_().log()
+        second = masked.argmax(-1, keepdim=True)  # (S, 1)
+        expert_index = torch.cat([first, second], dim=1)  # (S, 2)
         weight = probs.gather(1, expert_index)  # (S, 2), renormalised once capacity has run
         if self.training and self.second_expert_policy == "random":
-            keep = torch.rand_like(weight[:, 1]) < 2 * weight[:, 1]
+            keep = torch.rand_like(weight[:, 1:]) < 2 * weight[:, 1:]
             # A new tensor: the gather above keeps expert_index for its backward pass.
-            expert_index = torch.stack([first, torch.where(keep, second, -1)], dim=1)
+            expert_index = torch.cat([first, torch.where(keep, second, -1)], dim=1)
         return expert_index, weight
 
 
@@ -151,10 +151,8 @@ class BalancedGate(nn.Module):
                 f"the batch's tokens, but the batch has only {tokens.size(0)}: use fewer experts "
                 f"(--moe-expert-count) or larger batches"
             )
-        affinity = tokens @ self.centroids.t()  # (S, E)
-        greedy = affinity.detach().max(-1).indices
-        if padding is not None:
-            greedy = torch.where(padding, -1, greedy)
+        affinity = F.linear(tokens, self.centroids)  # (S, E)
+        greedy = affinity.detach().argmax(-1)  # (S,)
         if self.training:
             scores = affinity.detach()
             if padding is not None:
@@ -164,9 +162,9 @@ class BalancedGate(nn.Module):
             expert = balanced_assignment(scores)
             capacity = math.ceil(tokens.size(0) / self.num_experts)
         else:
-            expert, capacity = greedy.clamp_min(0), None
+            expert, capacity = greedy, None
         weight = torch.sigmoid(affinity.gather(1, expert.unsqueeze(1)))  # (S, 1)
-        stats = {"greedy_load_cv": load_cv(greedy, self.num_experts)}
+        stats = {"greedy_load_cv": load_cv(expert_load(greedy, self.num_experts, padding))}
         return Routing(expert.unsqueeze(1), weight, capacity, None, stats)
 
 

@@ -2,16 +2,16 @@
 experts optionally spread over ranks (expert parallelism, distributed/expert_placement.py); a few
 tokens that nothing can drop (decoding) skip the buffers and run choice by choice."""
 
+import warnings
 from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
-from .expert_load import load_cv
+from .expert_load import expert_load, load_cv
 from .experts import BatchedFeedForwardExperts, packed_experts_supported
 from .gates import Routing
-from .grouping import group_counts
 from .moe_dispatch import Routes, combine, dispatch, route
 
 
@@ -82,30 +82,31 @@ class MoELayer(nn.Module):
         routing = self.gate(gate_input, self.token_ids if token_ids is None else token_ids,
                             padding)
         if padding is not None:
-            routing.expert_index = torch.where(padding[:, None], -1, routing.expert_index)
-        # Withdrawn choices (padding, top-2 'random') are never routed.
-        chosen = routing.expert_index >= 0
+            routing.expert_index = routing.expert_index.masked_fill(padding[:, None], -1)
         if self.runs_choices_directly(routing):
-            kept = chosen
+            kept = routing.expert_index >= 0  # withdrawn choices (padding, top-2 'random') run not
             output = self.run_choices(tokens, routing.expert_index,
                                       combine_weight(routing, kept))
+            load = kept_load = expert_load(routing.expert_index.clamp_min(0), self.num_experts,
+                                           kept.logical_not())
         else:
             routes = self.route(tokens, routing)
-            kept = routes.slot >= 0
             if routes.group_end is not None:
-                expert_output = self.experts.forward_packed(dispatch(tokens, routes),
-                                                            routes.group_end)
+                expert_output = self.experts(dispatch(tokens, routes), routes.row_one_hot,
+                                             routes.group_end)
             else:
                 expert_output = run_experts(dispatch(tokens, routes), self.experts,
                                             self.placement)
-            output = combine(expert_output, routes, combine_weight(routing, kept))  # (S, D)
+            output = combine(expert_output, routes, combine_weight(routing, routes.kept))  # (S, D)
+            load, kept_load = routes.load, routes.kept_load
         self.gate_loss = routing.aux_loss
         self.last_assignment = routing.expert_index
-        self.stats = {
-            "load_cv": load_cv(torch.where(kept, routing.expert_index, -1), self.num_experts),
-            "dropped": 1.0 - kept.sum() / chosen.sum().clamp_min(1),
-            **routing.stats,
-        }
+        with torch.no_grad():
+            self.stats = {
+                "load_cv": load_cv(kept_load),
+                "dropped": 1.0 - kept_load.sum() / load.sum().clamp_min(1),
+                **routing.stats,
+            }
         return output.view_as(x)
 
     def runs_choices_directly(self, routing: Routing) -> bool:
@@ -123,16 +124,22 @@ class MoELayer(nn.Module):
         k = expert.size(1)
         inputs = tokens.unsqueeze(1).expand(-1, k, -1).reshape(-1, tokens.size(1))  # (S k, D)
         outputs = self.experts.forward_chosen(inputs, expert.reshape(-1).clamp_min(0))
-        return torch.einsum("skd,sk->sd", outputs.view(*expert.shape, tokens.size(1)), weight)
+        return torch.einsum("skd,sk->sd", outputs.view(*expert.shape, tokens.size(1)),
+                            weight.to(outputs.dtype))
 
     def route(self, tokens: torch.Tensor, routing: Routing) -> Routes:
         """Buffer rows for the choices: packed where the experts take packed groups, else padded
         to the gate's capacity (or the largest load), the same on every rank of the group."""
         if not self.placement.is_parallel and packed_experts_supported(self.experts, tokens):
             return route(routing.expert_index, self.num_experts, routing.capacity, packed=True)
+        if tokens.is_cuda and tokens.dtype == torch.float16:
+            warnings.warn("in fp16 (--fp16) the MoE layers run on padded buffers, since torch's "
+                          "grouped matrix product waits on the host in fp16; --bf16 runs them as "
+                          "packed groups, which is faster")
         capacity = routing.capacity
         if capacity is None:  # the largest load: read back to size the padded buffer
-            load = group_counts(routing.expert_index.reshape(-1), self.num_experts)
+            withdrawn = routing.expert_index < 0
+            load = expert_load(routing.expert_index.clamp_min(0), self.num_experts, withdrawn)
             capacity = max(1, int(load.max()))
         capacity, = group_max([capacity], self.placement, tokens.device)
         return route(routing.expert_index, self.num_experts, capacity)
@@ -141,7 +148,7 @@ class MoELayer(nn.Module):
 def combine_weight(routing: Routing, kept: torch.Tensor) -> torch.Tensor:
     """(S, k) the weight of each choice in the output: the gate's, 0 where the choice was
     dropped or withdrawn, renormalised over the kept choices where the gate asks for it."""
-    weight = routing.weight * kept.to(routing.weight.dtype)
+    weight = routing.weight * kept
     if routing.normalize_kept:
         weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-9)
     return weight

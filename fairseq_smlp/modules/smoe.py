@@ -16,7 +16,7 @@ from ..distributed.expert_placement import ExpertPlacement, group_max, run_exper
 from .balanced_assignment import balanced_assignment
 from .causal_product import causal_product
 from .column_permutation import inverse_permutation, permute_columns
-from .expert_load import load_cv
+from .expert_load import expert_load, load_cv
 from .spatial_projection import CausalSpatialProjection
 
 
@@ -113,5 +113,5 @@ class PartialPredictionSMoE(nn.Module):
         mixed = self.experts(z, order, inverse)  # (B, L, H)
         self.last_assignment = expert.detach()
         greedy = scores.detach().max(-1).indices  # (B, H)
-        self.stats = {"greedy_load_cv": load_cv(greedy, self.num_experts)}
+        self.stats = {"greedy_load_cv": load_cv(expert_load(greedy, self.num_experts))}
         return mixed * gate.to(z.dtype)  # (B, L, H)

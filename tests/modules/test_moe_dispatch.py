@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 from helpers import pack_experts_on_cpu
@@ -24,27 +26,34 @@ def naive_route(tokens, expert_index, weight, num_experts, capacity, expert_fns)
     return torch.stack(out)
 
 
-def routed(tokens, expert_index, weight, num_experts, capacity, expert_fns):
-    routes = route(expert_index, num_experts, capacity)
+def routed(tokens, expert_index, weight, num_experts, capacity, expert_fns, packed):
+    routes = route(expert_index, num_experts, capacity, packed)
     buffer = dispatch(tokens, routes)
+    weight = weight * routes.kept
+    if packed:
+        expert = routes.row_one_hot.long().argmax(1)  # (rows,)
+        outputs = torch.stack([expert_fns[e](row) for e, row in zip(expert.tolist(), buffer)])
+        return combine(outputs, routes, weight)
     assert buffer.shape == (num_experts, capacity, tokens.size(1))
     outputs = torch.stack([expert_fns[e](buffer[e]) for e in range(num_experts)])
     return combine(outputs, routes, weight)
 
 
-def test_dispatch_combine_and_their_gradients_equal_a_per_token_loop():
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("k", [1, 2])
+def test_dispatch_combine_and_their_gradients_equal_a_per_token_loop(k, packed):
     torch.manual_seed(0)
     num_tokens, dim, num_experts, capacity = 10, 4, 3, 3
-    expert_index = torch.randint(0, num_experts, (num_tokens, 2))
-    expert_index[[1, 6], 1] = -1  # withdrawn second choices take no slot
+    expert_index = torch.randint(0, num_experts, (num_tokens, k))
+    expert_index[[1, 6], k - 1] = -1  # withdrawn choices take no slot
     scales = torch.randn(num_experts, dim)
     expert_fns = [lambda x, e=e: torch.tanh(x * scales[e]) for e in range(num_experts)]
     tokens = torch.randn(num_tokens, dim, requires_grad=True)
-    weight = torch.rand(num_tokens, 2, requires_grad=True)
+    weight = torch.rand(num_tokens, k, requires_grad=True)
     probe = torch.randn(num_tokens, dim)
 
     results = []
-    for fn in (routed, naive_route):
+    for fn in (functools.partial(routed, packed=packed), naive_route):
         out = fn(tokens, expert_index, weight, num_experts, capacity, expert_fns)
         grads = torch.autograd.grad((out * probe).sum(), (tokens, weight))
         results.append((out, *grads))
@@ -52,22 +61,37 @@ def test_dispatch_combine_and_their_gradients_equal_a_per_token_loop():
         torch.testing.assert_close(got, want)
 
 
-def test_overflow_drops_later_tokens_first():
-    tokens = torch.arange(5.0).unsqueeze(1)  # (S, 1)
+@pytest.mark.parametrize("packed", [False, True])
+def test_overflow_drops_later_tokens_first(packed):
+    tokens = 1.0 + torch.arange(5.0).unsqueeze(1)  # (S, 1)
     expert_index = torch.zeros(5, 1, dtype=torch.long)  # all to expert 0
-    routes = route(expert_index, num_experts=2, capacity=2)
+    routes = route(expert_index, num_experts=2, capacity=2, packed=packed)
     buffer = dispatch(tokens, routes)
-    assert routes.slot[:, 0].tolist() == [0, 1, -1, -1, -1]
-    assert routes.slot_choice.tolist() == [0, 1, -1, -1]
-    assert buffer[0, :, 0].tolist() == [0.0, 1.0]
-    assert buffer[1].abs().sum() == 0
+    assert routes.kept[:, 0].tolist() == [True, True, False, False, False]
+    assert routes.load.tolist() == [5, 0] and routes.kept_load.tolist() == [2, 0]
+    if packed:
+        # Expert 0's two rows, then the dropped choices inside the last group.
+        assert routes.row_choice.tolist() == [0, 1, 2, 3, 4]
+        assert routes.group_end.tolist() == [2, 5]
+        assert routes.row_one_hot.long().argmax(1).tolist() == [0, 0, 1, 1, 1]
+    else:
+        assert routes.row_choice.tolist() == [0, 1, 5, 5]  # 5 = k S: empty
+        assert buffer[0, :, 0].tolist() == [1.0, 2.0]
+        assert buffer[1].abs().sum() == 0
 
 
-def test_first_choices_take_priority_over_second_choices():
+@pytest.mark.parametrize("packed", [False, True])
+def test_first_choices_take_priority_over_second_choices(packed):
     expert_index = torch.tensor([[1, 0], [0, 1], [0, 1]])
-    routes = route(expert_index, num_experts=2, capacity=2)
+    routes = route(expert_index, num_experts=2, capacity=2, packed=packed)
     # Expert 0 gets the first choices of tokens 1 and 2 and is then full for token 0's second.
-    assert routes.slot.tolist() == [[2, -1], [0, 3], [1, -1]]
+    assert routes.kept.tolist() == [[True, False], [True, True], [True, False]]
+    # Choices j * S + s: expert 0 holds 1 and 2, expert 1 holds 0 and 4.
+    held = [1, 2, 0, 4]
+    if packed:
+        assert routes.row_choice.tolist()[:4] == held and routes.group_end.tolist() == [2, 6]
+    else:
+        assert routes.row_choice.tolist() == held
 
 
 @pytest.mark.parametrize("training", [True, False])

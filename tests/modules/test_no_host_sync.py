@@ -6,8 +6,7 @@ and refusing those that need the host to see data, or that make a tensor from Py
 
 import pytest
 import torch
-from helpers import assign_as_on_a_device, pack_experts_on_cpu
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import HostReads, assign_as_on_a_device, pack_experts_on_cpu
 
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
@@ -15,33 +14,11 @@ from fairseq_smlp.modules.moe_layer import MoELayer
 from fairseq_smlp.modules.smoe import PartialPredictionSMoE
 from fairseq_smlp.modules.tmoe import TokenMoE
 
-# aten operators whose result the host must see (a scalar it reads, or an output whose size
-# depends on the data), and lift_fresh, a tensor made from Python data (a copy from host memory
-# when it is then written into a GPU tensor).
-HOST_WAITS = {
-    "_local_scalar_dense", "is_nonzero", "nonzero", "nonzero_static", "masked_select",
-    "bincount", "unique", "_unique2", "unique_consecutive", "unique_dim", "item",
-    "repeat_interleave", "equal", "lift_fresh",
-}
-
 
 @pytest.fixture(autouse=True)
 def device_assignment(monkeypatch):
     """The CPU auction is for CPU tensors; on a GPU the fixed-work method runs, checked here."""
     assign_as_on_a_device(monkeypatch)
-
-
-class HostReads(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name in HOST_WAITS or (name == "index" and any(
-                t is not None and t.dtype == torch.bool for t in args[1])):
-            self.seen.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def host_reads(module, x):
