@@ -48,5 +48,5 @@ def fraction_for_context(tokens_per_sample: int, context: int) -> float:
 def mask_context(target: torch.Tensor, context: int, pad: int) -> torch.Tensor:
     """A copy of the (B, L) ``target`` with the context positions set to ``pad``."""
     target = target.clone()
-    target[:, :context] = pad
+    target[:, :context].fill_(pad)  # a fill: no tensor made from the Python value
     return target

@@ -4,6 +4,11 @@ sparse layer's routing figures in fairseq's logs.
 Models report through the extra dict of their output: ``moe_gate_losses``, a list of one scalar
 per MoE layer (absent or empty for gates without an auxiliary loss, such as balanced or hash
 routing), and ``routing_stats``, a dict of scalar figures named after their layer.
+
+Nothing is read back to the host in a training step: the token count is the batch's own
+``ntokens`` (counted by the data loader; partial_prediction_lm's batches count the scored
+positions), and the losses and figures stay tensors on the device until fairseq logs them, as
+fairseq's own criterions keep theirs.
 """
 
 import math
@@ -51,7 +56,7 @@ class MoECrossEntropyCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
         target = self.scored_targets(model, sample, net_output)
-        ntokens = int(target.ne(self.padding_idx).sum())
+        ntokens = sample["ntokens"]
         lprobs = model.get_normalized_probs(net_output, log_probs=True)
         nll_loss = F.nll_loss(
             lprobs.view(-1, lprobs.size(-1)),
@@ -67,14 +72,14 @@ class MoECrossEntropyCriterion(FairseqCriterion):
         logging_output = {
             "loss": loss.data,
             "nll_loss": nll_loss.data,
-            "gate_loss": float(gate_loss.detach()),
+            "gate_loss": gate_loss.detach(),
             "nbatches": 1,
             "ntokens": ntokens,
             "nsentences": target.size(0),
             "sample_size": sample_size,
         }
         for name, value in (extra.get("routing_stats") or {}).items():
-            logging_output[STAT_PREFIX + name] = float(value.detach())
+            logging_output[STAT_PREFIX + name] = value.detach()
         return loss, sample_size, logging_output
 
     def combined_gate_loss(self, gate_losses) -> torch.Tensor:

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_dictionary
+from helpers import HostReads, make_dictionary
 
 from fairseq_smlp.criterions.moe_cross_entropy import MoECrossEntropyCriterion
 from fairseq_smlp.criterions.partial_prediction_cross_entropy import (
@@ -30,14 +30,18 @@ class FixedLogitsModel:
         return sample["target"]
 
 
-def make_case(extra=None):
+def make_case(extra=None, scored_from=CONTEXT):
+    """A batch as the task's data loader makes it: ``ntokens`` counts the targets that are not
+    padding from position ``scored_from`` on (partial_prediction_lm's count; 0 for
+    language_modeling)."""
     torch.manual_seed(0)
     dictionary = make_dictionary(VOCAB - 4)
     pad = dictionary.pad()
     target = torch.randint(4, VOCAB, (B, L))
     target[1, 8:] = pad  # a shorter second sequence
     logits = torch.randn(B, L, VOCAB, requires_grad=True)
-    sample = {"net_input": {"src_tokens": target}, "target": target, "ntokens": int(target.ne(pad).sum())}
+    ntokens = int(target[:, scored_from:].ne(pad).sum())
+    sample = {"net_input": {"src_tokens": target}, "target": target, "ntokens": ntokens}
     task = SimpleNamespace(target_dictionary=dictionary, context=CONTEXT)
     return task, FixedLogitsModel(logits, extra or {}), sample, pad
 
@@ -89,9 +93,26 @@ def test_gate_loss_is_added_with_its_weight(method, combined):
 
 
 def test_moe_cross_entropy_scores_every_position():
-    task, model, sample, pad = make_case()
-    _, sample_size, _ = MoECrossEntropyCriterion(task, False, 0.01, "sum")(model, sample)
+    task, model, sample, pad = make_case(scored_from=0)
+    loss, sample_size, _ = MoECrossEntropyCriterion(task, False, 0.0, "sum")(model, sample)
     assert sample_size == int(sample["target"].ne(pad).sum())
+    want = F.cross_entropy(model.logits.view(-1, VOCAB), sample["target"].view(-1),
+                           ignore_index=pad, reduction="sum")
+    assert math.isclose(float(loss.detach()), float(want), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("criterion", [MoECrossEntropyCriterion,
+                                       PartialPredictionCrossEntropyCriterion])
+def test_a_training_step_reads_nothing_back_to_the_host(criterion):
+    """Counts, losses and figures stay on the device until fairseq logs them."""
+    extra = {"moe_gate_losses": [torch.tensor(0.5, requires_grad=True)],
+             "routing_stats": {"layer1.tmoe.load_cv": torch.tensor(0.25)}}
+    task, model, sample, _ = make_case(extra)
+    with HostReads() as reads:
+        loss, _, log = criterion(task, False, 0.01, "sum")(model, sample)
+        loss.backward()
+    assert reads.seen == []
+    assert all(isinstance(value, (int, torch.Tensor)) for value in log.values())
 
 
 def test_needs_the_partial_prediction_task():
