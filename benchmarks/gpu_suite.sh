@@ -36,9 +36,9 @@ step 30 python benchmarks/moe_layers.py --device cuda --dtype bfloat16 --tokens 
 section "where the GPU time goes: top kernels of one training step, and host waits"
 step 40 python benchmarks/profile_routing.py
 
-section "fairseq-train: the eight systems at the gpu scale's equal FLOPs, fp16, batch 16 x 1024"
+section "fairseq-train: the eight systems at the gpu scale's equal FLOPs, bf16, batch 16 x 1024"
 step 220 python benchmarks/train_throughput.py "$data" --scale gpu --batch-size 16 --updates 48 \
-  --rounds 1 -- --fp16
+  --rounds 1 -- --bf16
 
 section "fully_sharded on one GPU (smlp_deterministic_tiny)"
 step 140 python benchmarks/fully_sharded_gpu.py "$data" --gpus 1 --updates 6 \

@@ -5,7 +5,7 @@ same run.
 
     python benchmarks/train_throughput.py DATA_BIN [--scale cpu] [--updates 60] [--rounds 3]
         [--systems a,b] [--batch-size 16] [-- extra fairseq-train flags]
-    python benchmarks/train_throughput.py DATA_BIN --scale gpu --batch-size 16 -- --fp16
+    python benchmarks/train_throughput.py DATA_BIN --scale gpu --batch-size 16 -- --bf16
 
 Systems and their equal-FLOPs sizes come from fairseq_smlp/comparison/systems.py, FLOPs per
 token from fairseq_smlp/comparison/flops.py. Tokens/s counts every token a step processes (for
@@ -15,8 +15,7 @@ round trains each of them once, and a system's figure is its fastest round, so t
 spell of a shared machine (which moved one system by 20% between runs done one system after
 another) lands on every system alike or on a round that is not kept. MFU = tokens/s x training
 FLOPs per token / peak, the peak being the best of a few large matrix products in the training
-dtype (fp32, or fp16 with --fp16, --memory-efficient-fp16 or --amp; fairseq's --bf16 is a
-TPU option).
+dtype (fp32; bf16 with --bf16; fp16 with --fp16, --memory-efficient-fp16 or --amp).
 """
 
 import argparse
@@ -84,8 +83,12 @@ def main():
     args = parser.parse_args(own)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    half = {"--fp16", "--memory-efficient-fp16", "--amp"} & set(extra)
-    dtype = torch.float16 if half else torch.float32
+    if {"--bf16", "--memory-efficient-bf16"} & set(extra):
+        dtype = torch.bfloat16
+    elif {"--fp16", "--memory-efficient-fp16", "--amp"} & set(extra):
+        dtype = torch.float16
+    else:
+        dtype = torch.float32
     peak = matmul_peak(device, dtype, 8192 if cuda else 1024)
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; {str(dtype).split('.')[-1]} matmul peak {peak / 1e12:.2f} TFLOP/s")

@@ -1,5 +1,5 @@
 """The whole user path in subprocesses: prepare a slice of the bundled corpus, fairseq-train each
-tiny arch for a few updates, fairseq-eval-lm its checkpoint."""
+tiny arch for a few updates in bf16, fairseq-eval-lm its checkpoint."""
 
 import math
 import os
@@ -53,6 +53,7 @@ def train(data_dir, save_dir, arch):
         "--max-update", "80", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
         "--cpu", "--num-workers", "0", "--seed", "1", "--log-format", "simple",
         "--log-interval", "20", "--tensorboard-logdir", str(save_dir / "tensorboard"),
+        "--bf16",  # fairseq's own flag, which alone would look for a TPU
     )
     return save_dir / "checkpoint_last.pt", result.stdout + result.stderr
 
@@ -99,6 +100,7 @@ def test_training_loss_goes_down(trained):
     losses = [float(x) for x in re.findall(r"train_inner .* loss=([\d.]+)", log)]
     assert len(losses) == 4, log[-2000:]
     assert losses[-1] < losses[0] - 0.5, (arch, losses)
+    assert "--bf16: the model and its batches in bf16 on the CPU" in log
     if arch.startswith("smlp"):
         assert "layer1.tmoe.load_cv=" in log and "layer1.tmoe.greedy_load_cv=" in log
     if arch.startswith("transformer"):

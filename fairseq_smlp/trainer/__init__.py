@@ -7,7 +7,8 @@ Experts spread over ranks (``distributed/expert_placement.py``) need fairseq-tra
 - measure the gradient norm over shared and expert parameters alike (``grad_norm.py``);
 - keep the experts' marks on the fp32 copies of --fp16 (``mixed_precision.py``).
 
-And fairseq's own datasets need ``numpy.compat`` back under NumPy 2 (``numpy_compat.py``).
+And fairseq's own datasets need ``numpy.compat`` back under NumPy 2 (``numpy_compat.py``), and
+its ``--bf16`` must not mean a TPU (``bf16.py``).
 
 ``install`` makes these changes once, when the package is imported (``--user-dir`` imports it).
 Each expert change keys on the ``expert_placement`` mark that a parallel placement puts on its
@@ -16,6 +17,7 @@ fairseq has it. ``python -m fairseq_smlp.consolidate_checkpoint`` merges per-ran
 for one process.
 """
 
+from .bf16 import install_bf16_on_any_device
 from .checkpoints import install_per_rank_checkpoints
 from .grad_norm import install_expert_grad_norm
 from .mixed_precision import install_expert_fp32_copies
@@ -27,3 +29,4 @@ def install() -> None:
     install_expert_grad_norm()
     install_expert_fp32_copies()
     install_numpy_compat()
+    install_bf16_on_any_device()

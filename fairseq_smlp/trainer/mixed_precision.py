@@ -1,4 +1,5 @@
-"""fairseq's fp32 master copy of the parameters under --fp16, with experts spread over ranks.
+"""fairseq's fp32 master copy of the parameters under --fp16 and --bf16, with experts spread over
+ranks.
 
 fairseq's FP16Optimizer steps an fp32 copy of every parameter and measures the gradient norm on
 that copy. By default it flattens the copy into one tensor, where this rank's experts can no
@@ -19,10 +20,10 @@ def build_fp32_params_with_experts(cls, args, params, flatten=True):
     placed = [p for p in params if hasattr(p, "expert_placement")]
     if flatten and placed:
         raise ValueError(
-            f"--fp16 flattens the fp32 copy of the parameters into one tensor, which cannot keep "
-            f"this rank's {len(placed)} expert parameters apart from the shared ones (experts "
-            f"spread over {placed[0].expert_placement.world_size} ranks); add "
-            f"--fp16-no-flatten-grads, or use --memory-efficient-fp16 or --amp"
+            f"--fp16 and --bf16 flatten the fp32 copy of the parameters into one tensor, which "
+            f"cannot keep this rank's {len(placed)} expert parameters apart from the shared ones "
+            f"(experts spread over {placed[0].expert_placement.world_size} ranks); add "
+            f"--fp16-no-flatten-grads (for --bf16 too), or use --memory-efficient-fp16 or --amp"
         )
     fp32_params = _fairseq_build_fp32_params(cls, args, params, flatten)
     if not flatten:

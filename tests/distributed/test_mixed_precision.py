@@ -81,7 +81,7 @@ def check_norm_counts_each_expert_once(data_dir, rank):
 
 def check_flat_fp16_refused(data_dir, rank):
     trainer = build_trainer(data_dir, rank, ["--fp16"])
-    with pytest.raises(ValueError, match="add --fp16-no-flatten-grads, or use "
+    with pytest.raises(ValueError, match=r"add --fp16-no-flatten-grads \(for --bf16 too\), or use "
                                          "--memory-efficient-fp16"):
         trainer.optimizer
 
