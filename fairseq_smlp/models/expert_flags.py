@@ -4,7 +4,18 @@ A flag's count becomes a placement over the running job's ranks (distributed/exp
 which knows nothing of flags); each MoE then places its experts with ``placement.place``.
 """
 
+from dataclasses import field
+
 from ..distributed.expert_placement import ExpertPlacement, PlacementError, expert_placement
+
+
+def compile_routing_field():
+    """--compile-routing, one flag for every model with routing."""
+    return field(default=False, metadata={
+        "help": "run the gate, routing and experts of every MoE layer (and the router and "
+        "experts of the partial sMoE) under torch.compile, region by region: on a GPU a few "
+        "fused kernels in place of many small ones; each region compiles on its first batch "
+        "(and again on a batch of a new shape)"})
 
 
 def placement_for(flag: str, num_experts: int) -> ExpertPlacement:

@@ -19,7 +19,7 @@ from ..modules.sparse_block import SparseMlpBlock
 from ..modules.tmoe import TokenMoE
 from ..partial_prediction import context_length, fraction_for_context
 from ..trainer.checkpoints import state_key
-from .expert_flags import check_smoe_width, placement_for
+from .expert_flags import check_smoe_width, compile_routing_field, placement_for
 from .gmlp_lm import GmlpLanguageModel, GmlpLanguageModelConfig, dense_block, gmlp_lm_tiny
 
 SMOE_ROUTINGS = ["deterministic", "partial"]
@@ -51,6 +51,7 @@ class SmlpConfig(GmlpLanguageModelConfig):
     moe_expert_count: int = field(
         default=16, metadata={"help": "experts of each tMoE (token routing, BASE layers)"}
     )
+    compile_routing: bool = compile_routing_field()
     smoe_routing: ChoiceEnum(SMOE_ROUTINGS) = field(
         default="deterministic",
         metadata={
@@ -117,6 +118,7 @@ class SmlpLanguageModel(GmlpLanguageModel):
         check_smoe_width(width, args.smoe_expert_count)
         smoe_placement = placement_for("--smoe-expert-count", args.smoe_expert_count)
         tmoe_placement = placement_for("--moe-expert-count", args.moe_expert_count)
+        compiled = safe_getattr(args, "compile_routing", False)
         blocks = nn.ModuleList()
         for index in range(args.decoder_layers):
             if index not in sparse:
@@ -128,8 +130,8 @@ class SmlpLanguageModel(GmlpLanguageModel):
                     width, args.smoe_expert_count, max_positions, smoe_placement))
             else:
                 smoe = PartialPredictionSMoE(width, args.smoe_expert_count, max_positions, context,
-                                             smoe_placement)
-            tmoe = TokenMoE(*dims, args.moe_expert_count, tmoe_placement)
+                                             smoe_placement, compiled)
+            tmoe = TokenMoE(*dims, args.moe_expert_count, tmoe_placement, compiled)
             blocks.append(SparseMlpBlock(*dims, smoe, tmoe, args.dropout))
         return blocks
 

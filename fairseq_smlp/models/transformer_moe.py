@@ -26,7 +26,7 @@ from ..modules.experts import BatchedFeedForwardExperts
 from ..modules.gates import SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate
 from ..modules.moe_layer import MoELayer
 from ..trainer.checkpoints import ExpertCheckpointMixin
-from .expert_flags import placement_for
+from .expert_flags import compile_routing_field, placement_for
 from .routing_stats import routing_stats
 
 MOE_GATES = ["top1", "top2", "balanced", "hash"]
@@ -58,6 +58,7 @@ class TransformerMoELanguageModelConfig(TransformerLanguageModelConfig):
     moe_hash_seed: int = field(
         default=1, metadata={"help": "hash: seed of the random token-id to expert map"}
     )
+    compile_routing: bool = compile_routing_field()
 
 
 def identity(x):
@@ -140,7 +141,8 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
                 # fairseq's BaseLayer starts every expert as the identity of its residual block.
                 nn.init.zeros_(experts.fc2_weight)
             moe = MoELayer(build_gate(args, len(task.source_dictionary)), experts,
-                           args.moe_expert_count, placement, time_major=True)
+                           args.moe_expert_count, placement, time_major=True,
+                           compile_routing=safe_getattr(args, "compile_routing", False))
             # Wrapped as fairseq's TransformerDecoderBase.build_decoder_layer wraps its layers.
             layer = MoEDecoderLayer(cfg, moe)
             if cfg.checkpoint_activations:

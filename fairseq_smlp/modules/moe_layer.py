@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
+from .compiled_region import CompiledRegion
 from .expert_load import expert_load, load_cv
 from .experts import BatchedFeedForwardExperts, packed_experts_supported
 from .gates import Routing
@@ -29,9 +30,13 @@ class MoELayer(nn.Module):
     stats_name = "moe"
 
     def __init__(self, gate: nn.Module, experts: nn.Module, num_experts: int,
-                 placement: Optional[ExpertPlacement] = None, time_major: bool = False):
+                 placement: Optional[ExpertPlacement] = None, time_major: bool = False,
+                 compile_routing: bool = False):
         super().__init__()
         self.time_major = time_major
+        # Gate, routing, experts and combine under torch.compile (compiled_region.py).
+        self.compile_routing = compile_routing
+        self.region = CompiledRegion(self.route_and_run)
         self.placement = placement or ExpertPlacement(num_experts)
         if self.placement.num_experts != num_experts:
             raise ValueError(
@@ -64,23 +69,26 @@ class MoELayer(nn.Module):
         if scored is not None and scored.shape != x.shape:
             raise ValueError(f"the gate's input has shape {tuple(scored.shape)}, the layer's "
                              f"{tuple(x.shape)}")
+        token_ids = self.token_ids if token_ids is None else token_ids
+        padding = None if self.padding is None else self.padding.reshape(-1)  # (S,)
         if self.time_major:
             scored = None if scored is None else scored.transpose(0, 1)
-            return self.route_and_run(x.transpose(0, 1), scored, token_ids).transpose(0, 1)
-        return self.route_and_run(x, scored, token_ids)
+            return self.region(x.transpose(0, 1), scored, token_ids, padding,
+                               compiled=self.compile_routing).transpose(0, 1)
+        return self.region(x, scored, token_ids, padding, compiled=self.compile_routing)
 
     def route_and_run(self, x: torch.Tensor, scored: Optional[torch.Tensor],
-                      token_ids: Optional[torch.Tensor]) -> torch.Tensor:
-        """``scored``: what the gate scores, shaped as x; None: x itself."""
+                      token_ids: Optional[torch.Tensor],
+                      padding: Optional[torch.Tensor]) -> torch.Tensor:
+        """``scored``: what the gate scores, shaped as x; None: x itself. ``padding``: (S,)
+        True at the padding positions, batch-major."""
         tokens = x.reshape(-1, x.size(-1))  # (S, D), batch-major
         # A time-major x is copied once into tokens; the gate reads that copy, not a second.
         gate_input = tokens if scored is None else scored.reshape(tokens.shape)
-        padding = None if self.padding is None else self.padding.reshape(-1)  # (S,)
         if padding is not None and padding.numel() != tokens.size(0):
             raise ValueError(f"the padding mask has {padding.numel()} positions, the layer's "
                              f"input {tokens.size(0)} tokens")
-        routing = self.gate(gate_input, self.token_ids if token_ids is None else token_ids,
-                            padding)
+        routing = self.gate(gate_input, token_ids, padding)
         if padding is not None:
             routing.expert_index = routing.expert_index.masked_fill(padding[:, None], -1)
         if self.runs_choices_directly(routing):

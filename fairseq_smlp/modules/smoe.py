@@ -16,6 +16,7 @@ from ..distributed.expert_placement import ExpertPlacement, group_max, run_exper
 from .balanced_assignment import balanced_assignment
 from .causal_product import causal_product
 from .column_permutation import inverse_permutation, permute_columns
+from .compiled_region import CompiledRegion
 from .expert_load import expert_load, load_cv
 from .spatial_projection import CausalSpatialProjection
 
@@ -92,9 +93,12 @@ class PartialPredictionSMoE(nn.Module):
     stats_name = "smoe"
 
     def __init__(self, width: int, num_experts: int, max_positions: int, context_positions: int,
-                 placement: Optional[ExpertPlacement] = None):
+                 placement: Optional[ExpertPlacement] = None, compile_routing: bool = False):
         super().__init__()
         self.num_experts = num_experts
+        # Router, assignment and experts under torch.compile (compiled_region.py).
+        self.compile_routing = compile_routing
+        self.region = CompiledRegion(self.route_and_mix)
         self.context_positions = context_positions
         self.router = nn.Linear(context_positions, num_experts, bias=False)  # W_r
         placement = placement or ExpertPlacement(num_experts)
@@ -103,6 +107,9 @@ class PartialPredictionSMoE(nn.Module):
         self.stats: Dict[str, torch.Tensor] = {}
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.region(z, compiled=self.compile_routing)
+
+    def route_and_mix(self, z: torch.Tensor) -> torch.Tensor:
         context = z[:, : self.context_positions].transpose(1, 2)  # (B, H, min(L, P))
         context = F.pad(context, (0, self.context_positions - context.size(2)))  # (B, H, P)
         scores = self.router(context)  # (B, H, E)

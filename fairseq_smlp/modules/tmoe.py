@@ -16,10 +16,11 @@ class TokenMoE(MoELayer):
     stats_name = "tmoe"
 
     def __init__(self, embed_dim: int, ffn_dim: int, num_experts: int,
-                 placement: Optional[ExpertPlacement] = None):
+                 placement: Optional[ExpertPlacement] = None, compile_routing: bool = False):
         super().__init__(
             BalancedGate(embed_dim, num_experts),
             BatchedFeedForwardExperts(num_experts, embed_dim, ffn_dim),
             num_experts,
             placement,
+            compile_routing=compile_routing,
         )
