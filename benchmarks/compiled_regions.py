@@ -13,6 +13,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from moe_layers import add_layer_arguments
 from spatial_mixers import time_side_by_side
 
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
@@ -27,12 +28,7 @@ VOCAB = 1000
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--tokens", type=int, default=2048, help="tokens per batch, S")
-    parser.add_argument("--embed-dim", type=int, default=128)
-    parser.add_argument("--ffn-dim", type=int, default=512)
-    parser.add_argument("--experts", type=int, default=16)
+    add_layer_arguments(parser, experts=16)
     parser.add_argument("--batch", type=int, default=8, help="sequences of the partial sMoE")
     parser.add_argument("--length", type=int, default=128, help="T of the partial sMoE")
     parser.add_argument("--width", type=int, default=256, help="columns of the partial sMoE")

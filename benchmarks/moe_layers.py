@@ -19,14 +19,19 @@ from fairseq_smlp.modules.moe_layer import MoELayer
 VOCAB = 1000
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_layer_arguments(parser: argparse.ArgumentParser, experts: int) -> None:
+    """Device, dtype and the MoE layers' sizes, shared with compiled_regions.py."""
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--tokens", type=int, default=2048, help="tokens per batch, S")
     parser.add_argument("--embed-dim", type=int, default=128)
     parser.add_argument("--ffn-dim", type=int, default=512)
-    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--experts", type=int, default=experts)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_layer_arguments(parser, experts=8)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)

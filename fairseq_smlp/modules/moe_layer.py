@@ -92,7 +92,7 @@ class MoELayer(nn.Module):
         if padding is not None:
             routing.expert_index = routing.expert_index.masked_fill(padding[:, None], -1)
         if self.runs_choices_directly(routing):
-            kept = routing.expert_index >= 0  # withdrawn choices (padding, top-2 'random') run not
+            kept = routing.expert_index >= 0  # withdrawn (padding, top-2 'random'): weight 0
             output = self.run_choices(tokens, routing.expert_index,
                                       combine_weight(routing, kept))
             load = kept_load = expert_load(routing.expert_index.clamp_min(0), self.num_experts,

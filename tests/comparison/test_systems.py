@@ -96,7 +96,7 @@ def test_paper_scripts_train_their_system_with_the_recipe(tmp_path):
         # 8 GPUs x 8 sequences x update-freq 8 = 512 sequences of 1024 tokens per update.
         assert args.batch_size * args.update_freq[0] * 8 == 512
         assert args.max_update == 10  # flags after DATA_BIN override the recipe
-        assert args.fp16 and args.fp16_no_flatten_grads
+        assert args.bf16 and args.fp16_no_flatten_grads
 
 
 def test_paper_script_refuses_a_gpu_count_that_does_not_split_the_batch(tmp_path):
