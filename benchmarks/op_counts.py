@@ -43,9 +43,9 @@ BUDGETS = {
     "dense projection": 19,
     "top-1": 84,
     "top-2": 110,
-    "hash": 53,
-    "balanced": 738,
-    "tMoE E=16": 738,
+    "hash": 48,
+    "balanced": 729,
+    "tMoE E=16": 729,
     "partial sMoE E=16": 712,
     "deterministic sMoE E=16": 21,
 }

@@ -25,12 +25,15 @@ CENTROID_INIT_GAIN = 0.1
 @dataclass
 class Routing:
     expert_index: torch.Tensor  # (S, k) long
-    weight: torch.Tensor  # (S, k) combine weight of each choice
+    weight: Optional[torch.Tensor]  # (S, k) combine weight of each choice; None: 1 for all
     capacity: Optional[int]  # slots per expert; None: as many as the largest load
     aux_loss: Optional[torch.Tensor] = None  # load-balancing loss, for gates that have one
     stats: Dict[str, torch.Tensor] = field(default_factory=dict)
     # The weights are renormalised to sum to 1 over the choices kept after capacity (top-2).
     normalize_kept: bool = False
+    # Whether an expert can be chosen more often than its capacity; a gate that never does so
+    # (balanced) needs the capacity only to size padded buffers.
+    may_overflow: bool = True
 
 
 def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor,
@@ -165,7 +168,7 @@ class BalancedGate(nn.Module):
             expert, capacity = greedy, None
         weight = torch.sigmoid(affinity.gather(1, expert.unsqueeze(1)))  # (S, 1)
         stats = {"greedy_load_cv": load_cv(expert_load(greedy, self.num_experts, padding))}
-        return Routing(expert.unsqueeze(1), weight, capacity, None, stats)
+        return Routing(expert.unsqueeze(1), weight, capacity, None, stats, may_overflow=False)
 
 
 class HashGate(nn.Module):
@@ -185,5 +188,4 @@ class HashGate(nn.Module):
         if token_ids is None:
             raise ValueError("hash routing needs the token ids of the tokens it routes")
         expert = self.token_to_expert[token_ids.reshape(-1)].unsqueeze(1)  # (S, 1)
-        weight = tokens.new_ones(expert.shape)
-        return Routing(expert, weight, None)
+        return Routing(expert, None, None)

@@ -40,7 +40,7 @@ class Routes:
     row_token: torch.Tensor
     kept: torch.Tensor  # (S, k) whether each choice holds a row: neither withdrawn nor dropped
     load: torch.Tensor  # (E,) choices each expert received, before its capacity
-    kept_load: torch.Tensor  # (E,) choices each expert holds
+    kept_load: Optional[torch.Tensor]  # (E,) choices each expert holds; None: all of load
     num_experts: int
     capacity: Optional[int]  # padded: rows per expert; packed: None
     row_one_hot: Optional[torch.Tensor] = None  # packed: (rows, E) the expert of each row
@@ -53,7 +53,8 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
     Args:
         expert_index: (S, k) the expert of each token's k choices (k = 1 for top-1); -1 marks a
             choice the gate withdrew (padding, top-2 'random'), which takes no row.
-        capacity: choices an expert takes at most; None for no limit (packed layout only).
+        capacity: choices an expert takes at most; None for no limit (packed layout only, and
+            then nothing is dropped: ``kept_load`` is None).
         packed: the packed layout rather than the padded one.
     """
     num_tokens, k = expert_index.shape
@@ -65,7 +66,7 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
     one_hot = expert[:, None] == groups  # (k S, E), a withdrawn choice's row all False
     if capacity is None:
         load = one_hot.sum(0)
-        kept, kept_load = received, load
+        kept, kept_load = received, None
     else:
         arrivals = one_hot.cumsum(0)  # (k S, E) choices so far at each expert, inclusive
         arrival = arrivals.gather(1, expert.clamp_min(0)[:, None]).squeeze(1)  # (k S,) 1, 2, ...

@@ -95,8 +95,9 @@ class MoELayer(nn.Module):
             kept = routing.expert_index >= 0  # withdrawn (padding, top-2 'random'): weight 0
             output = self.run_choices(tokens, routing.expert_index,
                                       combine_weight(routing, kept))
-            load = kept_load = expert_load(routing.expert_index.clamp_min(0), self.num_experts,
-                                           kept.logical_not())
+            load = expert_load(routing.expert_index.clamp_min(0), self.num_experts,
+                               kept.logical_not())
+            kept_load = None  # nothing dropped
         else:
             routes = self.route(tokens, routing)
             if routes.group_end is not None:
@@ -110,9 +111,13 @@ class MoELayer(nn.Module):
         self.gate_loss = routing.aux_loss
         self.last_assignment = routing.expert_index
         with torch.no_grad():
+            if kept_load is None:
+                dropped = torch.zeros((), device=x.device)
+            else:
+                dropped = 1.0 - kept_load.sum() / load.sum().clamp_min(1)
             self.stats = {
-                "load_cv": load_cv(kept_load),
-                "dropped": 1.0 - kept_load.sum() / load.sum().clamp_min(1),
+                "load_cv": load_cv(load if kept_load is None else kept_load),
+                "dropped": dropped,
                 **routing.stats,
             }
         return output.view_as(x)
@@ -139,7 +144,8 @@ class MoELayer(nn.Module):
         """Buffer rows for the choices: packed where the experts take packed groups, else padded
         to the gate's capacity (or the largest load), the same on every rank of the group."""
         if not self.placement.is_parallel and packed_experts_supported(self.experts, tokens):
-            return route(routing.expert_index, self.num_experts, routing.capacity, packed=True)
+            capacity = routing.capacity if routing.may_overflow else None
+            return route(routing.expert_index, self.num_experts, capacity, packed=True)
         if tokens.is_cuda and tokens.dtype == torch.float16:
             warnings.warn("in fp16 (--fp16) the MoE layers run on padded buffers, since torch's "
                           "grouped matrix product waits on the host in fp16; --bf16 runs them as "
@@ -156,6 +162,8 @@ class MoELayer(nn.Module):
 def combine_weight(routing: Routing, kept: torch.Tensor) -> torch.Tensor:
     """(S, k) the weight of each choice in the output: the gate's, 0 where the choice was
     dropped or withdrawn, renormalised over the kept choices where the gate asks for it."""
+    if routing.weight is None:
+        return kept  # 1 for a kept choice: the combine casts it to the activations' dtype
     weight = routing.weight * kept
     if routing.normalize_kept:
         weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-9)
