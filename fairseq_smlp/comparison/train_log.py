@@ -8,9 +8,15 @@ averages and every key prefixed ``train_``, so that fairseq's ``wall`` is ``trai
 ``valid`` after each validation, with ``valid_ppl`` (2 ** the base-2 loss) and
 ``valid_num_updates`` but no time. Partial-prediction runs count and score only the trailing
 --prediction-fraction of each block, in ``wpb`` as in ``valid_ppl``.
+
+A run cut off and resumed from a checkpoint appends a second run's lines to the same log, which
+starts with fairseq's "Loaded checkpoint ... (epoch E @ K updates)": the log is read as one run,
+what the first run logged past update K (redone by the second) dropped, and the second run's
+``wall`` continued from the first's at update K.
 """
 
 import bisect
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -30,6 +36,8 @@ TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \|")
 BEGIN_VALIDATION = re.compile(r"\| fairseq_cli\.train \| begin validation on ")
 # fairseq_cli.train's dump of its whole configuration, which holds the task's options.
 PREDICTION_FRACTION = re.compile(r"'prediction_fraction': ([0-9.eE+-]+)")
+# fairseq's line once it has restored a checkpoint to resume from.
+RESUMED = re.compile(r"\| Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
 # fairseq_cli.eval_lm's last line: the mean base-2 loss per scored token, to four decimals.
 EVAL_LM_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+), Perplexity: ")
 
@@ -82,7 +90,12 @@ class PredictionFraction:
     value: float  # the task's --prediction-fraction, from the configuration dump
 
 
-Event = Union[ProgressLine, ValidationBegins, ValidLine, Done, PredictionFraction]
+@dataclass(frozen=True)
+class Resumed:
+    num_updates: int  # the update of the checkpoint the run resumed from
+
+
+Event = Union[ProgressLine, ValidationBegins, ValidLine, Done, PredictionFraction, Resumed]
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,7 @@ def read_train_log(path: Path) -> TrainLog:
             f"{path}: missing; it is fairseq-train's output (stdout and stderr) for this system, "
             f"run with --log-format json"
         )
-    events = read_events(path)
+    events = one_run(read_events(path))
     progress = [event for event in events if isinstance(event, ProgressLine)]
     check_one_run(progress)
     valid = validations(events)
@@ -150,8 +163,30 @@ def read_events(path: Path) -> List[Event]:
     return events
 
 
+def one_run(events: Sequence[Event]) -> List[Event]:
+    """The events of a log that resumed runs appended to, as those of one run (module
+    docstring)."""
+    kept: List[Event] = []
+    offset = 0.0  # the second run's wall starts again from 0
+    for event in events:
+        if isinstance(event, Resumed):
+            redone = next((i for i, e in enumerate(kept) if isinstance(e, (ProgressLine, ValidLine))
+                           and e.num_updates > event.num_updates), len(kept))
+            kept = kept[:redone]
+            progress = [e for e in kept if isinstance(e, ProgressLine)]
+            offset = wall_clock_at(progress, event.num_updates) if progress else 0.0
+        elif isinstance(event, ProgressLine) and offset:
+            kept.append(dataclasses.replace(event, wall=event.wall + offset))
+        else:
+            kept.append(event)
+    return kept
+
+
 def line_events(line: str, where: str) -> List[Event]:
     events: List[Event] = []
+    resumed = RESUMED.search(line)
+    if resumed:
+        events.append(Resumed(int(resumed.group(1))))
     if DONE_LINE.search(line):
         events.append(Done())
     if BEGIN_VALIDATION.search(line):

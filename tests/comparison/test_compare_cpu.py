@@ -1,6 +1,7 @@
 """examples/compare_cpu.sh end to end on a slice of the bundled corpus with a budget of a fraction
 of a second per system: every system trains under fairseq-train until the budget stops it, is
-validated, and lands in the report with the FLOPs of its system.json."""
+validated, and lands in the report with the FLOPs of its system.json; and with a budget of
+updates, which a run cut off resumes."""
 
 import json
 import os
@@ -32,7 +33,7 @@ def compare(*args):
 def test_every_system_trains_for_the_budget_and_reaches_the_report(data_dir, tmp_path):
     out = tmp_path / "runs"
     result = compare("--minutes", str(BUDGET_MINUTES), "--seeds", "1", "--data",
-                     str(data_dir.parent), "--out", str(out), "--", *TINY)
+                     str(data_dir.parent), "--out", str(out), "--parallel", "2", "--", *TINY)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
@@ -131,3 +132,31 @@ def test_extra_flags_reach_the_flops_count_and_a_failed_run_is_named(data_dir, t
     model = tasks.setup_task(cfg.task).build_model(cfg.model)
     built = sum(p.numel() for p in model.parameters())
     assert json.loads((out / "gmlp" / "seed1" / "system.json").read_text())["total_params"] == built
+
+
+def test_a_run_cut_off_resumes_and_ends_as_an_uncut_run(data_dir, tmp_path):
+    """--updates 20: one run trains through; the same run cut off at update 10 (an extra
+    --max-update 10 stands in for the cut), then given the same command, resumes from its
+    checkpoint and ends with the uncut run's validation loss and trailing perplexity."""
+    flags = ("--updates", "20", "--seeds", "1", "--data", str(data_dir.parent), "--systems",
+             "smlp_deterministic")
+    small = ("--batch-size", "4", "--max-valid-steps", "2", "--log-interval", "5",
+             "--validate-interval-updates", "10", "--save-interval-updates", "10")
+    finals = []
+    for out, cut in ((tmp_path / "uncut", False), (tmp_path / "cut", True)):
+        if cut:
+            result = compare(*flags, "--out", str(out), "--", *small, "--max-update", "10")
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        result = compare(*flags, "--out", str(out), "--", *small)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        run = out / "smlp_deterministic" / "seed1"
+        log = (run / "train.log").read_text()
+        assert ("(epoch 1 @ 10 updates)" in log) == cut  # fairseq's "Loaded checkpoint" line
+        losses = re.findall(r'"valid_loss": "?([0-9.]+)"?, .*"valid_num_updates": "?(\d+)', log)
+        trailing = re.search(r"Perplexity: ([0-9.]+)", (run / "valid_trailing.log").read_text())
+        finals.append((losses[-1], trailing.group(1)))
+        assert losses[-1][1] == "20"
+    assert finals[0] == finals[1]
+    # Done runs are not redone.
+    result = compare(*flags, "--out", str(tmp_path / "cut"), "--", *small)
+    assert "smlp_deterministic, seed 1: done earlier" in result.stdout

@@ -363,6 +363,27 @@ def test_a_restarted_run_in_one_log_is_refused(tmp_path):
         read_train_log(run / "train.log")
 
 
+def resumed_from(updates):
+    return (f"{STAMP}fairseq.checkpoint_utils | Loaded checkpoint /runs/checkpoint_last.pt "
+            f"(epoch 1 @ {updates} updates)")
+
+
+def test_a_run_resumed_from_its_checkpoint_reads_as_one_run(tmp_path):
+    """Cut off after update 300, resumed from the checkpoint of update 200 into the same log:
+    the first run's update-300 validation was redone, and the second run's wall (from 0 again)
+    continues from the first's 24 s at update 200."""
+    lines = [train_inner(1, 100, 12), valid(1, 100, 70.0), train_inner(1, 200, 24),
+             valid(1, 200, 50.0), train_inner(1, 300, 36), valid(1, 300, 46.0),
+             resumed_from(200), train_inner(1, 300, 10), valid(1, 300, 45.0),
+             train_inner(1, 400, 20), valid(1, 400, 44.0), train_epoch(1, 400, 21, 2048, 40),
+             DONE]
+    log = read_train_log(write_run(tmp_path, "smlp_deterministic", log_lines=lines) / "train.log")
+    assert [(p.num_updates, p.seconds, p.ppl) for p in log.valid] == [
+        (100, 12, 70.0), (200, 24, 50.0), (300, 34, 45.0), (400, 44, 44.0)]
+    assert log.seconds == 45 and log.num_updates == 400 and log.complete
+    assert log.train_tokens == 2048 * 400
+
+
 def test_a_validation_before_the_closing_train_line_is_timed_by_the_train_inner_pace(tmp_path):
     """--stop-time-hours stops at update 430, between log intervals; fairseq validates, saves,
     then writes the train line (wall 60 s). The validation is timed where training stood:
