@@ -37,6 +37,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
 from ..partial_prediction import DEFAULT_PREDICTION_FRACTION, context_length  # noqa: E402
+from . import regime  # noqa: E402
 from .systems import PARTIAL_LM  # noqa: E402
 from .train_log import (  # noqa: E402
     ReportError, TrainLog, ValidPoint, read_eval_lm_ppl, read_json_object, read_train_log,
@@ -470,8 +471,23 @@ def markdown(report: Report, written: date) -> str:
                 cells += [spread_cell(row.seconds_to_reference, human_duration),
                           spread_cell(row.speedup, lambda x: f"{x:.2f}", "x")]
         lines.append("| " + " | ".join(cells) + " |")
-    body = lines + [""] + notes(report) + zero_shot_markdown(report.zero_shot)
+    body = lines + [""] + notes(report) + regime_markdown(report)
+    body += zero_shot_markdown(report.zero_shot)
     return "\n".join(body + ["", f"Written {written.isoformat()}."]) + "\n"
+
+
+def regime_check(report: Report) -> Optional[regime.RegimeCheck]:
+    """The regime check of the runs that have every seed's trailing perplexity."""
+    scored = [row for row in report.rows if row.trailing_ppl is not None]
+    return regime.check(
+        {row.system: regime.SeedRange.of(row.trailing_ppl.values) for row in scored},
+        {row.system: row.seconds_to_reference.mean if row.seconds_to_reference else None
+         for row in report.rows})
+
+
+def regime_markdown(report: Report) -> List[str]:
+    check = regime_check(report)
+    return [] if check is None else regime.markdown(check)
 
 
 def notes(report: Report) -> List[str]:
@@ -541,6 +557,7 @@ def results_json(report: Report, runs_dir: Path, written: date) -> dict:
         "systems": {row.system: asdict(row) for row in report.rows},
         "zero_shot": {system: {task: asdict(score) for task, score in tasks.items()}
                       for system, tasks in report.zero_shot.items()},
+        "regime": None if (check := regime_check(report)) is None else asdict(check),
     }
 
 

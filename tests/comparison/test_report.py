@@ -112,10 +112,10 @@ def write_run(runs_dir, name, log_lines=None, system=None):
     return run
 
 
-def write_seed(runs_dir, name, seed, log_lines, trailing_ppl=None):
-    """Seed ``seed`` of system ``name``, with fairseq-eval-lm's closing line for its trailing
-    perplexity when given."""
-    run = write_run(runs_dir / name, f"seed{seed}", log_lines, system_json(name))
+def write_seed(runs_dir, name, seed, log_lines, trailing_ppl=None, system=None):
+    """Seed ``seed`` of system ``name`` (a run label: the system.json of ``system``, if given),
+    with fairseq-eval-lm's closing line for its trailing perplexity when given."""
+    run = write_run(runs_dir / name, f"seed{seed}", log_lines, system_json(system or name))
     if trailing_ppl is not None:
         (run / "valid_trailing.log").write_text(
             f"INFO:fairseq_cli.eval_lm:Evaluated 1,000 tokens in 1.0s (1000.00 tokens/s)\n"
@@ -609,3 +609,22 @@ def test_seeds_scored_differently_are_not_averaged(seeds_dir, capsys, field, sec
                     **{"correct_per_token": 3, "correct_raw": 3, "examples": 100, **second})
     assert (f"smlp_deterministic: the seeds' zero_shot/copa.json differ in {field} (seed 1: "
             in report_error(capsys, seeds_dir))
+
+
+def test_runs_with_a_one_expert_twin_get_the_regime_check(tmp_path):
+    """smlp_deterministic with 1 and 8 experts, and the Transformer: R and the verdict reach
+    results.md and results.json."""
+    runs = tmp_path / "regime"
+    for label, system, trailing in (("transformer", "transformer", (100.0, 104.0)),
+                                    ("smlp_deterministic_e1", "smlp_deterministic", (92.0, 93.0)),
+                                    ("smlp_deterministic_e8", "smlp_deterministic", (90.0, 91.4))):
+        for seed, ppl in enumerate(trailing, start=1):
+            write_seed(runs, label, seed, LOGS[system], ppl, system=system)
+    main([str(runs)])
+    text = (runs / "results.md").read_text()
+    assert "| smlp_deterministic | 8 | smlp_deterministic_e1 | 1.020 | yes | no |" in text
+    assert "Inconclusive at this size: neither Switch nor Hash gains" in text
+    check = json.loads((runs / "results.json").read_text())["regime"]
+    # The perplexities pass through eval-lm's four-decimal base-2 loss.
+    assert check["informative"] is False and check["gains"][0]["ratio"] == pytest.approx(
+        92.5 / 90.7, rel=1e-4)
