@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Every GPU figure of the project, side by side in one run of about seven minutes on one H100:
-# the device and what it supports, a check that training routing never waits on the host, the
-# token mixers and MoE layers against their dense counterparts (bf16, the paper's widths), where
-# their GPU time goes, fairseq-train tokens/s and MFU of the eight compared systems at equal
-# FLOPs per token, and the fully_sharded check. A step past its time limit or failing is named
-# and the next one runs. On an H100 the first four steps took about 65 s together; fairseq-train
-# takes about 24 s per system, mostly its start; the fully_sharded check runs its four trainings
-# at once, then the resume and the validation.
+# Every GPU figure of the project, side by side in one run on one GPU: the device and what it
+# supports, a check that training routing never waits on the host, the token mixers and MoE
+# layers against their dense counterparts (bf16, the paper's widths), where their GPU time goes,
+# each routing region eager and compiled, fairseq-train tokens/s and MFU of the eight compared
+# systems at equal FLOPs per token, one profiled fairseq-train step of each (GPU busy share, host
+# waits), and the fully_sharded check. A step past its time limit or failing is named and the
+# next one runs. On an H100 (2026-11-26) the device, mixer, MoE and kernel steps took about 65 s
+# together, fairseq-train about 24 s per system, mostly its start, and the fully_sharded check
+# about 2 minutes; the compiled and profiled steps are new and unmeasured, and with them the
+# whole suite may outgrow 8 minutes: name the steps to run to split it over two calls.
 #
-#   bash benchmarks/gpu_suite.sh DATA_BIN      # DATA_BIN from examples/prepare_data.sh
+#   bash benchmarks/gpu_suite.sh DATA_BIN [STEP ...]    # DATA_BIN from examples/prepare_data.sh
+#
+# STEP: device, mixers, moe, kernels, compiled, train, profile, fsdp (default: all, in that order).
 set -uo pipefail
-data=${1:?usage: bash benchmarks/gpu_suite.sh DATA_BIN}
+data=${1:?usage: bash benchmarks/gpu_suite.sh DATA_BIN [STEP ...]}
+shift
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(device mixers moe kernels compiled train profile fsdp)
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
@@ -21,25 +28,58 @@ step() {  # step SECONDS COMMAND...: run with a time limit, name it if it fails
   local status=${PIPESTATUS[0]}
   [ "$status" -eq 0 ] || echo "FAILED (exit $status): $*"
 }
+wanted() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 
-section "device"
-step 30 python benchmarks/gpu_device_check.py
+for name in "${steps[@]}"; do
+  case "$name" in
+    device|mixers|moe|kernels|compiled|train|profile|fsdp) ;;
+    *) echo "gpu_suite.sh: unknown step '$name' (valid: device, mixers, moe, kernels, compiled," \
+         "train, profile, fsdp)" >&2
+       exit 2 ;;
+  esac
+done
 
-section "token mixers: bf16, batch 16, T 1024, width 2048, d_model 1024"
-step 40 python benchmarks/spatial_mixers.py --device cuda --dtype bfloat16 --batch 16 \
-  --length 1024 --width 2048 --embed-dim 1024 --experts 1 16
+if wanted device; then
+  section "device"
+  step 30 python benchmarks/gpu_device_check.py
+fi
 
-section "MoE layers: bf16, 16384 tokens, d_model 1024, d_ffn 4096, 16 experts"
-step 30 python benchmarks/moe_layers.py --device cuda --dtype bfloat16 --tokens 16384 \
-  --embed-dim 1024 --ffn-dim 4096 --experts 16
+if wanted mixers; then
+  section "token mixers: bf16, batch 16, T 1024, width 2048, d_model 1024"
+  step 40 python benchmarks/spatial_mixers.py --device cuda --dtype bfloat16 --batch 16 \
+    --length 1024 --width 2048 --embed-dim 1024 --experts 1 16
+fi
 
-section "where the GPU time goes: top kernels of one training step, and host waits"
-step 40 python benchmarks/profile_routing.py
+if wanted moe; then
+  section "MoE layers: bf16, 16384 tokens, d_model 1024, d_ffn 4096, 16 experts"
+  step 30 python benchmarks/moe_layers.py --device cuda --dtype bfloat16 --tokens 16384 \
+    --embed-dim 1024 --ffn-dim 4096 --experts 16
+fi
 
-section "fairseq-train: the eight systems at the gpu scale's equal FLOPs, bf16, batch 16 x 1024"
-step 220 python benchmarks/train_throughput.py "$data" --scale gpu --batch-size 16 --updates 48 \
-  --rounds 1 -- --bf16
+if wanted kernels; then
+  section "where the GPU time goes: top kernels of one training step, and host waits"
+  step 40 python benchmarks/profile_routing.py
+fi
 
-section "fully_sharded on one GPU (smlp_deterministic_tiny)"
-step 140 python benchmarks/fully_sharded_gpu.py "$data" --gpus 1 --updates 6 \
-  --archs smlp_deterministic_tiny
+if wanted compiled; then
+  section "routing regions eager and compiled (--compile-routing): bf16, the MoE layers' sizes"
+  step 180 python benchmarks/compiled_regions.py --device cuda --dtype bfloat16 --tokens 16384 \
+    --embed-dim 1024 --ffn-dim 4096 --experts 16 --batch 16 --length 1024 --width 2048
+fi
+
+if wanted train; then
+  section "fairseq-train: the eight systems at the gpu scale's equal FLOPs, bf16, batch 16 x 1024"
+  step 220 python benchmarks/train_throughput.py "$data" --scale gpu --batch-size 16 \
+    --updates 48 --rounds 1 -- --bf16
+fi
+
+if wanted profile; then
+  section "one fairseq-train step of each system, profiled: bf16, batch 16 x 1024"
+  step 150 python benchmarks/train_step_profile.py "$data" --scale gpu --batch-size 16 -- --bf16
+fi
+
+if wanted fsdp; then
+  section "fully_sharded on one GPU (smlp_deterministic_tiny)"
+  step 140 python benchmarks/fully_sharded_gpu.py "$data" --gpus 1 --updates 6 \
+    --archs smlp_deterministic_tiny
+fi
