@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         # Any torch build works: the README pins the CPU wheel, CUDA users bring their own.
-        "torch>=2.0",
+        "torch>=2.4",
         "ve-fairseq==0.12.3",
         "fairscale==0.4.13",
         "sentencepiece==0.2.3",
