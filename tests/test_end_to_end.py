@@ -35,7 +35,10 @@ RUNS = {
 
 
 def run(*command, check=True, stdin=None):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    # As examples/quickstart_cpu.sh runs them: fairscale's warnings at fairseq's import are
+    # silenced there, the rest by the plugin.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               PYTHONWARNINGS="ignore::FutureWarning:fairscale.experimental.nn.offload")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                             input=stdin)
     if check and result.returncode != 0:
@@ -101,6 +104,7 @@ def test_training_loss_goes_down(trained):
     assert len(losses) == 4, log[-2000:]
     assert losses[-1] < losses[0] - 0.5, (arch, losses)
     assert "--bf16: the model and its batches in bf16 on the CPU" in log
+    assert "Warning" not in log  # no third-party warning a user cannot act on
     if arch.startswith("smlp"):
         assert "layer1.tmoe.load_cv=" in log and "layer1.tmoe.greedy_load_cv=" in log
     if arch.startswith("transformer"):
@@ -112,6 +116,7 @@ def test_trained_model_beats_the_uniform_distribution(data_dir, trained):
     result = eval_lm(data_dir, checkpoint, "--task", RUNS[arch][0],
                      "--tokens-per-sample", str(TOKENS_PER_SAMPLE))
     evaluated, perplexity = evaluated_tokens_and_perplexity(result)
+    assert "Warning" not in result.stdout + result.stderr
     vocabulary = len((data_dir / "dict.txt").read_text().splitlines()) + 4  # + fairseq specials
     assert evaluated > 1000
     assert math.isfinite(perplexity)
@@ -253,3 +258,22 @@ def test_hub_interface_samples_and_scores(data_dir, trained):
     rescored = lm.generate([changed], score_reference=True)[0][0]["positional_scores"]
     assert len(rescored) == len(scored["positional_scores"])
     torch.testing.assert_close(rescored[:-1], scored["positional_scores"][:-1])
+
+
+def test_routing_map_draws_where_the_tokens_and_columns_go(data_dir, checkpoints, tmp_path):
+    checkpoint, _ = checkpoints("smlp_partial_tiny")
+    out = tmp_path / "routing.png"
+    result = run(sys.executable, "-m", "fairseq_smlp.routing_map", str(checkpoint), str(data_dir),
+                 "--out", str(out), "--batch-size", "4")
+    lines = result.stdout.splitlines()
+    # Both blocks sparse (--decoder-layers 2), 4 experts each, routed as in training: every sMoE
+    # expert takes a quarter of each sequence's 256 columns; the tMoE's balanced assignment
+    # gives each expert a quarter of the 4 x 64 tokens, less any padding among them.
+    for index in (0, 1):
+        assert (f"layer{index}.smoe: feature columns per expert [256, 256, 256, 256], 0.0% of "
+                f"the choices dropped") in lines
+        tmoe = next(line for line in lines if line.startswith(f"layer{index}.tmoe: "))
+        kept = [int(n) for n in re.search(r"\[(.*)\]", tmoe).group(1).split(", ")]
+        assert len(kept) == 4 and max(kept) == 64, tmoe
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Warning" not in result.stdout + result.stderr

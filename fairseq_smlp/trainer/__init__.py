@@ -8,7 +8,8 @@ Experts spread over ranks (``distributed/expert_placement.py``) need fairseq-tra
 - keep the experts' marks on the fp32 copies of --fp16 (``mixed_precision.py``).
 
 And fairseq's own datasets need ``numpy.compat`` back under NumPy 2 (``numpy_compat.py``), and
-its ``--bf16`` must not mean a TPU (``bf16.py``).
+its ``--bf16`` must not mean a TPU (``bf16.py``); third-party warnings a user cannot act on are
+filtered (``quiet_log.py``).
 
 ``install`` makes these changes once, when the package is imported (``--user-dir`` imports it).
 Each expert change keys on the ``expert_placement`` mark that a parallel placement puts on its
@@ -22,6 +23,7 @@ from .checkpoints import install_per_rank_checkpoints
 from .grad_norm import install_expert_grad_norm
 from .mixed_precision import install_expert_fp32_copies
 from .numpy_compat import install_numpy_compat
+from .quiet_log import install_quiet_log
 
 
 def install() -> None:
@@ -30,3 +32,4 @@ def install() -> None:
     install_expert_fp32_copies()
     install_numpy_compat()
     install_bf16_on_any_device()
+    install_quiet_log()
