@@ -3,18 +3,21 @@
 module's ``stats_name`` (``smoe`` and ``tmoe`` in sMLP's sparse blocks, ``moe`` in the Transformer
 baselines) and ``figure`` what it measured in its last forward (docs/models.md lists them)."""
 
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Iterator, Tuple
 
 import torch
 from torch import nn
 
 
-def routing_stats(layers: Iterable[nn.Module]) -> Dict[str, torch.Tensor]:
-    stats = {}
+def routing_modules(layers: Iterable[nn.Module]) -> Iterator[Tuple[str, nn.Module]]:
+    """(``layer{i}.{module}``, module) for every routing module of the decoder's layers."""
     for index, layer in enumerate(layers):
         for module in layer.modules():
             name = getattr(module, "stats_name", None)
             if name is not None:
-                for figure, value in module.stats.items():
-                    stats[f"layer{index}.{name}.{figure}"] = value
-    return stats
+                yield f"layer{index}.{name}", module
+
+
+def routing_stats(layers: Iterable[nn.Module]) -> Dict[str, torch.Tensor]:
+    return {f"{name}.{figure}": value for name, module in routing_modules(layers)
+            for figure, value in module.stats.items()}

