@@ -11,8 +11,10 @@ averages and every key prefixed ``train_``, so that fairseq's ``wall`` is ``trai
 
 A run cut off and resumed from a checkpoint appends a second run's lines to the same log, which
 starts with fairseq's "Loaded checkpoint ... (epoch E @ K updates)": the log is read as one run,
-what the first run logged past update K (redone by the second) dropped, and the second run's
-``wall`` continued from the first's at update K.
+what the first run logged past update K (redone by the second) dropped. The second run's time
+continues from the first's at update K, counted by the lines' time stamps from the "Loaded
+checkpoint" line: its own ``wall`` does not count (restored from a mid-epoch checkpoint, fairseq's
+stopwatch stays at 0).
 """
 
 import bisect
@@ -93,6 +95,7 @@ class PredictionFraction:
 @dataclass(frozen=True)
 class Resumed:
     num_updates: int  # the update of the checkpoint the run resumed from
+    stamp: Optional[float]  # the "Loaded checkpoint" line's time
 
 
 Event = Union[ProgressLine, ValidationBegins, ValidLine, Done, PredictionFraction, Resumed]
@@ -167,7 +170,8 @@ def one_run(events: Sequence[Event]) -> List[Event]:
     """The events of a log that resumed runs appended to, as those of one run (module
     docstring)."""
     kept: List[Event] = []
-    offset = 0.0  # the second run's wall starts again from 0
+    resumed: Optional[Resumed] = None
+    offset = 0.0  # the time at the update the latest run resumed from
     for event in events:
         if isinstance(event, Resumed):
             redone = next((i for i, e in enumerate(kept) if isinstance(e, (ProgressLine, ValidLine))
@@ -175,8 +179,13 @@ def one_run(events: Sequence[Event]) -> List[Event]:
             kept = kept[:redone]
             progress = [e for e in kept if isinstance(e, ProgressLine)]
             offset = wall_clock_at(progress, event.num_updates) if progress else 0.0
-        elif isinstance(event, ProgressLine) and offset:
-            kept.append(dataclasses.replace(event, wall=event.wall + offset))
+            resumed = event
+        elif isinstance(event, ProgressLine) and resumed is not None:
+            if event.stamp is None or resumed.stamp is None:
+                raise ReportError(
+                    f"{event.where}: a resumed run's line without a time stamp; the report times "
+                    f"a resumed run by fairseq's logging time stamps, which its log lines carry")
+            kept.append(dataclasses.replace(event, wall=offset + event.stamp - resumed.stamp))
         else:
             kept.append(event)
     return kept
@@ -186,7 +195,7 @@ def line_events(line: str, where: str) -> List[Event]:
     events: List[Event] = []
     resumed = RESUMED.search(line)
     if resumed:
-        events.append(Resumed(int(resumed.group(1))))
+        events.append(Resumed(int(resumed.group(1)), timestamp(line)))
     if DONE_LINE.search(line):
         events.append(Done())
     if BEGIN_VALIDATION.search(line):

@@ -363,20 +363,28 @@ def test_a_restarted_run_in_one_log_is_refused(tmp_path):
         read_train_log(run / "train.log")
 
 
+def at(seconds, line):
+    """``line`` logged ``seconds`` after STAMP."""
+    return line.replace(STAMP, f"2026-11-24 07:{33 + (35 + seconds) // 60:02d}:"
+                               f"{(35 + seconds) % 60:02d} | INFO | ", 1)
+
+
 def resumed_from(updates):
     return (f"{STAMP}fairseq.checkpoint_utils | Loaded checkpoint /runs/checkpoint_last.pt "
             f"(epoch 1 @ {updates} updates)")
 
 
 def test_a_run_resumed_from_its_checkpoint_reads_as_one_run(tmp_path):
-    """Cut off after update 300, resumed from the checkpoint of update 200 into the same log:
-    the first run's update-300 validation was redone, and the second run's wall (from 0 again)
-    continues from the first's 24 s at update 200."""
-    lines = [train_inner(1, 100, 12), valid(1, 100, 70.0), train_inner(1, 200, 24),
-             valid(1, 200, 50.0), train_inner(1, 300, 36), valid(1, 300, 46.0),
-             resumed_from(200), train_inner(1, 300, 10), valid(1, 300, 45.0),
-             train_inner(1, 400, 20), valid(1, 400, 44.0), train_epoch(1, 400, 21, 2048, 40),
-             DONE]
+    """Cut off after update 300, resumed from the checkpoint of update 200 into the same log,
+    whose "Loaded checkpoint" line is time stamped 100 s after the first run's start: the first
+    run's update-300 validation was redone, and the second run's time continues from the first's
+    24 s at update 200 by its lines' time stamps (its own wall stays 0, as fairseq's does after a
+    mid-epoch resume)."""
+    lines = [at(12, train_inner(1, 100, 12)), valid(1, 100, 70.0), at(24, train_inner(1, 200, 24)),
+             valid(1, 200, 50.0), at(36, train_inner(1, 300, 36)), valid(1, 300, 46.0),
+             at(100, resumed_from(200)), at(110, train_inner(1, 300, 0)), valid(1, 300, 45.0),
+             at(120, train_inner(1, 400, 0)), valid(1, 400, 44.0),
+             at(121, train_epoch(1, 400, 0, 2048, 40)), DONE]
     log = read_train_log(write_run(tmp_path, "smlp_deterministic", log_lines=lines) / "train.log")
     assert [(p.num_updates, p.seconds, p.ppl) for p in log.valid] == [
         (100, 12, 70.0), (200, 24, 50.0), (300, 34, 45.0), (400, 44, 44.0)]
