@@ -9,6 +9,7 @@ take their einsum form. What would still break a graph (the fp16 padded path's w
 largest-load read of hash routing on padded buffers) only splits the region in two.
 """
 
+import copy
 from typing import Callable, Optional
 
 import torch
@@ -25,6 +26,10 @@ class CompiledRegion:
     def __init__(self, function: Callable):
         self.function = function
         self.compiled_function: Optional[Callable] = None
+
+    def __deepcopy__(self, memo) -> "CompiledRegion":
+        # A copy of the module compiles its own function: the compiled one calls this module's.
+        return CompiledRegion(copy.deepcopy(self.function, memo))
 
     def __call__(self, *args, compiled: bool = False):
         if not compiled:

@@ -5,6 +5,7 @@ generates code for them (about 30 s a layer on 2 cores; benchmarks/compiled_regi
 it), and that code generation is torch's own."""
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -91,3 +92,19 @@ def test_compile_routing_runs_every_region_compiled(monkeypatch, arch):
     torch.testing.assert_close(compiled, eager)
     regions = [m.region for m in models[1].modules() if hasattr(m, "region")]
     assert regions and all(region.compiled_function is not None for region in regions)
+
+
+def test_a_copy_of_a_compiled_layer_runs_its_own_parameters(monkeypatch):
+    monkeypatch.setattr(compiled_region, "BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    # Hash routing weighs each token's expert 1: a bias added to the copy's experts adds to it.
+    layer = MoELayer(HashGate(VOCAB, EXPERTS, seed=1),
+                     BatchedFeedForwardExperts(EXPERTS, DIM, 32), EXPERTS,
+                     compile_routing=True).eval()
+    layer.token_ids = torch.randint(VOCAB, (2, 20))
+    x = torch.randn(2, 20, DIM)
+    with torch.no_grad():
+        layer(x)  # compiles
+        twin = copy.deepcopy(layer)
+        twin.experts.fc2_bias.add_(1.0)
+        torch.testing.assert_close(twin(x), layer(x) + 1.0)
