@@ -188,21 +188,35 @@ if [ -z "$updates" ]; then
   done
 fi
 
-# A run of --updates is done once fairseq-train stopped at that update and it was scored after.
-run_done() {
-  [ -n "$updates" ] && grep -qs "Perplexity:" "$1/valid_trailing.log" &&
-    grep -qs "Stopping training due to num_updates: $updates >= max_update: $updates" \
+# A run of --updates is trained once fairseq-train stopped at (or, resumed there, past) update N,
+# and done once scored after that.
+trained() {
+  [ -n "$updates" ] &&
+    grep -qs "Stopping training due to num_updates: [0-9]* >= max_update: $updates" \
       "$1/train.log"
 }
 
 train_and_score() {  # train_and_score LABEL SEED
-  local label=$1 seed=$2 run="$out/$1/seed$2" flags
-  if run_done "$run"; then
-    echo "== $label, seed $seed: done earlier ($run/valid_trailing.log)"
-    return 0
-  fi
+  local label=$1 seed=$2 run="$out/$1/seed$2" flags recipe
   mapfile -t flags <<< "${system_flags[$label]}"
   mkdir -p "$run"
+  # A run resumes only with the flags it started with: another recipe would mix two runs.
+  recipe=$(printf '%s\n' "${flags[@]}" "${RECIPE[@]}" --seed "$seed" "${extra[@]}")
+  if [ -f "$run/recipe.txt" ] && [ "$recipe" != "$(cat "$run/recipe.txt")" ]; then
+    echo "compare_cpu.sh: $run was started with other flags (its recipe.txt); give another" \
+      "--out, or remove $run to train it afresh" >&2
+    return 1
+  fi
+  printf '%s\n' "$recipe" > "$run/recipe.txt"
+  if trained "$run"; then
+    if grep -qs "Perplexity:" "$run/valid_trailing.log"; then
+      echo "== $label, seed $seed: done earlier ($run/valid_trailing.log)"
+    else
+      echo "== $label, seed $seed: trained earlier; scoring it"
+      score_trailing "$run"
+    fi
+    return
+  fi
   echo "== $label, seed $seed: ${updates:+$updates updates}${updates:-$minutes minutes}" \
     "(fairseq-train log: $run/train.log)"
   # The extra flags may change the model: its FLOPs and parameters are counted with them.

@@ -136,20 +136,23 @@ def test_extra_flags_reach_the_flops_count_and_a_failed_run_is_named(data_dir, t
 
 def test_a_run_cut_off_resumes_and_ends_as_an_uncut_run(data_dir, tmp_path):
     """--updates 20: one run trains through; the same run cut off at update 10 (an extra
-    --max-update 10 stands in for the cut), then given the same command, resumes from its
-    checkpoint and ends with the uncut run's validation loss and trailing perplexity."""
+    --max-update 10 stands in for the cut, and the recipe.txt it wrote, which a real cut would
+    have written without it, is removed), then given the same command, resumes from its
+    checkpoint and ends with the uncut run's validation loss and trailing perplexity. Done runs
+    are not redone, and a run is not resumed with other flags."""
     flags = ("--updates", "20", "--seeds", "1", "--data", str(data_dir.parent), "--systems",
              "smlp_deterministic")
     small = ("--batch-size", "4", "--max-valid-steps", "2", "--log-interval", "5",
              "--validate-interval-updates", "10", "--save-interval-updates", "10")
     finals = []
     for out, cut in ((tmp_path / "uncut", False), (tmp_path / "cut", True)):
+        run = out / "smlp_deterministic" / "seed1"
         if cut:
             result = compare(*flags, "--out", str(out), "--", *small, "--max-update", "10")
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            (run / "recipe.txt").unlink()
         result = compare(*flags, "--out", str(out), "--", *small)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        run = out / "smlp_deterministic" / "seed1"
         log = (run / "train.log").read_text()
         assert ("(epoch 1 @ 10 updates)" in log) == cut  # fairseq's "Loaded checkpoint" line
         losses = re.findall(r'"valid_loss": "?([0-9.]+)"?, .*"valid_num_updates": "?(\d+)', log)
@@ -157,6 +160,8 @@ def test_a_run_cut_off_resumes_and_ends_as_an_uncut_run(data_dir, tmp_path):
         finals.append((losses[-1], trailing.group(1)))
         assert losses[-1][1] == "20"
     assert finals[0] == finals[1]
-    # Done runs are not redone.
     result = compare(*flags, "--out", str(tmp_path / "cut"), "--", *small)
     assert "smlp_deterministic, seed 1: done earlier" in result.stdout
+    result = compare(*flags, "--out", str(tmp_path / "cut"), "--", *small, "--lr", "1e-3")
+    assert result.returncode == 1
+    assert "seed1 was started with other flags (its recipe.txt)" in result.stderr
