@@ -178,7 +178,10 @@ def one_run(events: Sequence[Event]) -> List[Event]:
                            and e.num_updates > event.num_updates), len(kept))
             kept = kept[:redone]
             progress = [e for e in kept if isinstance(e, ProgressLine)]
-            offset = wall_clock_at(progress, event.num_updates) if progress else 0.0
+            # The time at the checkpoint's update, or that of the last line before the cut if
+            # later (a run stopped at the checkpoint writes its train line after validating).
+            offset = max([wall_clock_at(progress, event.num_updates)]
+                         + [e.wall for e in progress]) if progress else 0.0
             resumed = event
         elif isinstance(event, ProgressLine) and resumed is not None:
             if event.stamp is None or resumed.stamp is None:

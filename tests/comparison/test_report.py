@@ -392,6 +392,18 @@ def test_a_run_resumed_from_its_checkpoint_reads_as_one_run(tmp_path):
     assert log.train_tokens == 2048 * 400
 
 
+def test_a_run_stopped_at_its_checkpoint_and_resumed_continues_after_its_closing_line(tmp_path):
+    """Stopped at update 200 (its train line, after the validation and the checkpoint, at 26 s),
+    then resumed from that checkpoint: the second run's lines continue from 26 s."""
+    lines = [at(12, train_inner(1, 100, 12)), at(24, train_inner(1, 200, 24)), valid(1, 200, 50.0),
+             at(26, train_epoch(1, 200, 26, 2048, 40)), DONE, at(60, resumed_from(200)),
+             at(70, train_inner(1, 300, 0)), valid(1, 300, 45.0), at(80, train_inner(1, 400, 0)),
+             valid(1, 400, 44.0), at(81, train_epoch(1, 400, 0, 2048, 40)), DONE]
+    log = read_train_log(write_run(tmp_path, "smlp_deterministic", log_lines=lines) / "train.log")
+    assert [(p.num_updates, p.seconds) for p in log.valid] == [(200, 24), (300, 36), (400, 46)]
+    assert log.seconds == 47 and log.num_updates == 400
+
+
 def test_a_validation_before_the_closing_train_line_is_timed_by_the_train_inner_pace(tmp_path):
     """--stop-time-hours stops at update 430, between log intervals; fairseq validates, saves,
     then writes the train line (wall 60 s). The validation is timed where training stood:
