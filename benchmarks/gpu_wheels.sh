@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The Python packages the lent GPU machine lacks (its image has Python 3.12 and a CUDA torch but
-# not fairseq), as wheels in .whl/ (ignored by git), fetched here where the package registry is
-# reachable: cp312 builds of the compiled ones, local builds of the pure-Python source-only ones.
+# The Python packages a GPU machine with Python 3.12 and a CUDA torch but neither fairseq nor a
+# reachable package registry lacks, as wheels in .whl/ (ignored by git), fetched where the
+# registry is reachable: cp312 builds of the compiled ones, local builds of the pure-Python
+# source-only ones.
 # Carry .whl (and data/sotu/bin) and begin the command there with:
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
