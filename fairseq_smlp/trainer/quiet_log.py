@@ -2,7 +2,8 @@
 plugin's edge, each by its category, the module that issues it and the start of its message:
 hydra's notices about fairseq's use of its deprecated API, torch's about the pin_memory that
 fairseq's loader asks for without an accelerator and about the masks fairseq's attention mixes,
-and the deprecations of torch.cuda.amp that fairseq and fairscale call. The project's own warnings and fairseq's real messages stay.
+and the deprecations of torch.cuda.amp that fairseq and fairscale call. The project's own warnings
+and fairseq's real messages stay.
 
 fairscale's two warnings come at fairseq's own import, before any plugin loads;
 examples/quickstart_cpu.sh silences those for its commands (PYTHONWARNINGS).
