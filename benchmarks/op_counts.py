@@ -19,6 +19,7 @@ from typing import Callable, Counter, Dict
 import torch
 import torch.nn.functional as F
 from torch import nn
+from spatial_mixers import DenseFeedForward
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fairseq_smlp.modules.cuda_path import cuda_path_on_cpu
@@ -67,15 +68,6 @@ class OperatorCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class DenseFeedForward(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ffn = BatchedFeedForwardExperts(1, EMBED_DIM, FFN_DIM)
-
-    def forward(self, x):
-        return self.ffn(x.reshape(1, -1, x.size(-1))).view_as(x)
-
-
 def moe(gate: nn.Module) -> MoELayer:
     return MoELayer(gate, BatchedFeedForwardExperts(EXPERTS, EMBED_DIM, FFN_DIM, F.gelu), EXPERTS)
 
@@ -84,7 +76,7 @@ def layers() -> Dict[str, Callable[[], nn.Module]]:
     """Each layer at a small size (operator counts do not depend on it), E = 16."""
     context = context_length(MIXER_LENGTH, DEFAULT_PREDICTION_FRACTION)
     return {
-        "dense FFN": DenseFeedForward,
+        "dense FFN": lambda: DenseFeedForward(EMBED_DIM, FFN_DIM),
         "dense projection": lambda: CausalSpatialProjection(1, MIXER_LENGTH),
         "top-1": lambda: moe(TopKGate(EMBED_DIM, EXPERTS, 1)),
         "top-2": lambda: moe(TopKGate(EMBED_DIM, EXPERTS, 2)),

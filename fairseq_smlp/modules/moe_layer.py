@@ -98,9 +98,7 @@ class MoELayer(nn.Module):
             kept = routing.expert_index >= 0  # withdrawn (padding, top-2 'random'): weight 0
             output = self.run_choices(tokens, routing.expert_index,
                                       combine_weight(routing, kept))
-            load = expert_load(routing.expert_index.clamp_min(0), self.num_experts,
-                               kept.logical_not())
-            kept_load = None  # nothing dropped
+            load = kept_load = self.choice_load(routing)  # nothing dropped
         else:
             routes = self.route(tokens, routing)
             if routes.group_end is not None:
@@ -110,22 +108,23 @@ class MoELayer(nn.Module):
                 expert_output = run_experts(dispatch(tokens, routes), self.experts,
                                             self.placement)
             output = combine(expert_output, routes, combine_weight(routing, routes.kept))  # (S, D)
-            load, kept_load = routes.load, routes.kept_load
+            load = routes.load
+            kept_load = load if routes.kept_load is None else routes.kept_load
         self.gate_loss = routing.aux_loss
         self.last_assignment = routing.expert_index
-        self.last_load = load.detach()
-        self.last_kept_load = (load if kept_load is None else kept_load).detach()
+        self.last_load, self.last_kept_load = load.detach(), kept_load.detach()
         with torch.no_grad():
-            if kept_load is None:
+            if kept_load is load:  # nothing could be dropped
                 dropped = torch.zeros((), device=x.device)
             else:
                 dropped = 1.0 - kept_load.sum() / load.sum().clamp_min(1)
-            self.stats = {
-                "load_cv": load_cv(load if kept_load is None else kept_load),
-                "dropped": dropped,
-                **routing.stats,
-            }
+            self.stats = {"load_cv": load_cv(kept_load), "dropped": dropped, **routing.stats}
         return output.view_as(x)
+
+    def choice_load(self, routing: Routing) -> torch.Tensor:
+        """(E,) the choices each expert received, withdrawn ones (-1) left out."""
+        expert = routing.expert_index
+        return expert_load(expert.clamp_min(0), self.num_experts, expert < 0)
 
     def runs_choices_directly(self, routing: Routing) -> bool:
         """Whether to skip the buffers and run each choice through its expert's gathered
@@ -157,9 +156,7 @@ class MoELayer(nn.Module):
                           "packed groups, which is faster")
         capacity = routing.capacity
         if capacity is None:  # the largest load: read back to size the padded buffer
-            withdrawn = routing.expert_index < 0
-            load = expert_load(routing.expert_index.clamp_min(0), self.num_experts, withdrawn)
-            capacity = max(1, int(load.max()))
+            capacity = max(1, int(self.choice_load(routing).max()))
         capacity, = group_max([capacity], self.placement, tokens.device)
         return route(routing.expert_index, self.num_experts, capacity)
 
