@@ -20,10 +20,10 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
 from torch.profiler import ProfilerActivity, profile
-from train_throughput import USER_DIR, split_at_double_dash
+from train_throughput import split_at_double_dash, training_flags
 
 from fairseq_smlp.comparison.flops import parse_training_args
-from fairseq_smlp.comparison.systems import SCALES, SYSTEMS, system
+from fairseq_smlp.comparison.systems import SCALES, SYSTEMS
 
 # Runtime calls after which the host has waited for the device, and aten's read of a value.
 HOST_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
@@ -67,13 +67,9 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="steps profiled")
     own, extra = split_at_double_dash(sys.argv[1:])
     args = parser.parse_args(own)
-    cuda = torch.cuda.is_available()
     print(f"{'system':<20}{'ms/step':>10}{'GPU busy':>10}{'host waits':>12}{'operators':>11}")
     for name in args.systems.split(","):
-        flags = [args.data, "--user-dir", USER_DIR, *system(name).flags(args.scale),
-                 "--sample-break-mode", "none", "--batch-size", str(args.batch_size),
-                 "--optimizer", "adam", "--lr", "1e-4", "--num-workers", "0",
-                 *([] if cuda else ["--cpu"]), *extra, "--distributed-world-size", "1"]
+        flags = training_flags(args.data, name, args.scale, args.batch_size, extra)
         cfg = convert_namespace_to_omegaconf(parse_training_args(flags))
         figures = {}
         # fairseq's entry, so that the plugin's edge (--bf16 on any device) applies as in

@@ -60,6 +60,17 @@ def tokens_per_second(log: str, tokens_per_step: int) -> float:
     return sum(rates) / len(rates)
 
 
+def training_flags(data: str, name: str, scale: str, batch_size: int, extra, *own) -> list:
+    """fairseq-train's flags for system ``name`` on one device (as the matmul peak is measured),
+    as the throughput benchmarks train it: ``own`` flags, then the ``extra`` ones after '--',
+    which may override them."""
+    return [data, "--user-dir", USER_DIR, *system(name).flags(scale),
+            "--sample-break-mode", "none", "--batch-size", str(batch_size),
+            "--optimizer", "adam", "--lr", "1e-4", "--num-workers", "0", *own,
+            *([] if torch.cuda.is_available() else ["--cpu"]), *extra,
+            "--distributed-world-size", "1"]
+
+
 def split_at_double_dash(argv):
     """This script's flags, and those after '--' for every fairseq-train (e.g. --fp16)."""
     if "--" not in argv:
@@ -97,14 +108,10 @@ def main():
     names = args.systems.split(",")
     runs, train_flops = {}, {}
     for name in names:
-        train_flags = [
-            args.data, "--user-dir", USER_DIR, *system(name).flags(args.scale),
-            "--sample-break-mode", "none", "--batch-size", str(args.batch_size),
-            "--optimizer", "adam", "--lr", "1e-4", "--max-update", str(args.updates),
-            "--disable-validation", "--no-save", "--num-workers", "0", "--log-format", "json",
-            "--log-interval", str(log_interval), *([] if cuda else ["--cpu"]), *extra,
-            "--distributed-world-size", "1",  # one device, as the matmul peak is measured
-        ]
+        train_flags = training_flags(
+            args.data, name, args.scale, args.batch_size, extra, "--max-update",
+            str(args.updates), "--disable-validation", "--no-save", "--log-format", "json",
+            "--log-interval", str(log_interval))
         # Parsed as fairseq-train parses them: extra flags may change the model or the update.
         run_args = parse_training_args(train_flags)
         train_flops[name] = model_costs(run_args, vocabulary_size(run_args)).train_flops_per_token
