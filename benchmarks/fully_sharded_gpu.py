@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import fairseq_smlp
-from fairseq_smlp.consolidate_checkpoint import consolidate
+from fairseq_smlp.checkpoint.merge import consolidate
 
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
 LM = ("language_modeling", "moe_cross_entropy")

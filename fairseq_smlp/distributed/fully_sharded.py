@@ -27,7 +27,7 @@ Checkpoints. Without --use-sharded-state fairseq saves the full state from rank 
 broadcasts it at load time, which loses every other rank's experts, and its gathering of the full
 optimizer state needs one flat parameter per FSDP instance; that combination is refused. With it
 every rank saves and loads its own shard (``-shardR`` files), its experts included, and resumes
-on the same number of ranks; trainer/fully_sharded_checkpoints.py merges them for one process.
+on the same number of ranks; checkpoint/merge.py merges them for one process.
 """
 
 from fairscale.nn.data_parallel.fully_sharded_data_parallel import ProcessGroupName

@@ -8,7 +8,7 @@ from torch import nn
 from ..modules.moe_layer import MoELayer
 from ..modules.spatial_gating import SpatialGatingUnit
 from ..modules.spatial_projection import CausalSpatialProjection
-from ..trainer.checkpoints import state_key
+from ..checkpoint.layout import state_key
 from .routing_stats import routing_stats
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from ..distributed.expert_placement import exclude_experts_from_ddp
 from ..modules.gmlp_block import GmlpBlock
 from ..modules.spatial_projection import CausalSpatialProjection
-from ..trainer.checkpoints import ExpertCheckpointMixin
+from ..checkpoint.expert_state import ExpertCheckpointMixin
 from .all_mlp import AllMlpDecoder, check_saved_context, resolve_context
 
 

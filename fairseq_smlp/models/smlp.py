@@ -18,7 +18,7 @@ from ..modules.smoe import DeterministicSMoE, PartialPredictionSMoE
 from ..modules.sparse_block import SparseMlpBlock
 from ..modules.tmoe import TokenMoE
 from ..partial_prediction import context_length, fraction_for_context
-from ..trainer.checkpoints import state_key
+from ..checkpoint.layout import state_key
 from .expert_flags import check_smoe_width, compile_routing_field, placement_for
 from .gmlp_lm import GmlpLanguageModel, GmlpLanguageModelConfig, dense_block, gmlp_lm_tiny
 

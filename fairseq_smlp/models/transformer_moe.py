@@ -25,7 +25,7 @@ from ..distributed.expert_placement import exclude_experts_from_ddp
 from ..modules.experts import BatchedFeedForwardExperts
 from ..modules.gates import SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate
 from ..modules.moe_layer import MoELayer
-from ..trainer.checkpoints import ExpertCheckpointMixin
+from ..checkpoint.expert_state import ExpertCheckpointMixin
 from .expert_flags import compile_routing_field, placement_for
 from .routing_stats import routing_stats
 

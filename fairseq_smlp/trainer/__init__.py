@@ -1,9 +1,10 @@
-"""The plugin's edge with fairseq-train: every change it makes to fairseq's own training code.
+"""The plugin's edge with fairseq-train: every change it makes to fairseq's own training code,
+on the package's top floor (nothing in the package imports it but its install hook).
 
 Experts spread over ranks (``distributed/expert_placement.py``) need fairseq-train to
 
-- save and load a checkpoint per rank, each with that rank's experts (``checkpoints.py``), and
-  merge the ``-shardR`` files of --ddp-backend fully_sharded (``fully_sharded_checkpoints.py``);
+- save and load a checkpoint per rank, each with that rank's experts (``checkpoints.py``; the
+  format itself is ``fairseq_smlp/checkpoint/``);
 - measure the gradient norm over shared and expert parameters alike (``grad_norm.py``);
 - keep the experts' marks on the fp32 copies of --fp16 (``mixed_precision.py``).
 
@@ -14,8 +15,7 @@ filtered (``quiet_log.py``).
 ``install`` makes these changes once, when the package is imported (``--user-dir`` imports it).
 Each expert change keys on the ``expert_placement`` mark that a parallel placement puts on its
 parameters, so a model without one, a fairseq model or a single process, trains exactly as
-fairseq has it. ``python -m fairseq_smlp.consolidate_checkpoint`` merges per-rank checkpoints
-for one process.
+fairseq has it.
 """
 
 from .bf16 import install_bf16_on_any_device

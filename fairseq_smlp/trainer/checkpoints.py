@@ -1,19 +1,11 @@
-"""Checkpoints of models whose experts are spread over ranks.
-
-Every rank writes its own file, ``<name>-rank-R.pt`` (fairseq's own rule for its BASE layers,
-extended to any model holding expert-parallel parameters): rank 0's holds the shared weights and
-its experts, every other rank's only its experts, with an entry saying which experts those are.
-Every rank reads its own file back, and rank 0 hands the shared weights to the others. Optimizer
-state stays whole in every file, since fairseq restores it per rank.
-
-A single process holds all experts; ``python -m fairseq_smlp.consolidate_checkpoint`` merges the
-rank files into one checkpoint for it (fairseq-eval-lm), which also fine-tunes on any number of
-ranks (``--finetune-from-model``): each rank then keeps its rows of every expert parameter.
+"""fairseq-train's side of checkpoints whose experts are spread over ranks (the format:
+``fairseq_smlp/checkpoint/``): every rank saves and loads its own file, the ranks switch to a new
+set of files together, and a resume that would mix files of different runs, updates or rank
+counts stops every rank with the same message.
 
 Under --ddp-backend fully_sharded (with --use-sharded-state, fully_sharded.py) fairseq's own rule
-already has every rank save and load its own ``-shardR`` file: its shard of the shared weights and
-its experts. The plugin then only adds the entry that says which experts those are, next to the
-model state, for fully_sharded_checkpoints.py to merge the files.
+already has every rank save and load its own ``-shardR`` file; the plugin then only adds the
+entry that says which experts those are, next to the model state.
 """
 
 import logging
@@ -22,105 +14,19 @@ import re
 import uuid
 import zipfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import torch.distributed as dist
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 from fairseq.trainer import Trainer
 from omegaconf import open_dict
-from torch import nn
 
-# The entry of a rank's model state (of its checkpoint under fully_sharded) that lists its
-# experts: {"run": the training run's id, "rank", "world_size",
-# "experts": {parameter name: (group rank, group size)}}.
-SHARDS_KEY = "_expert_shards"
-CONSOLIDATE = "python -m fairseq_smlp.consolidate_checkpoint"
-RANK_SUFFIX = "-rank-"  # NAME-rank-R.pt: a rank's file of an expert-parallel run
-SHARD_SUFFIX = "-shard"  # NAME-shardR.pt: fairseq's, a rank's file under fully_sharded
-PENDING = ".pending"  # a rank's new checkpoint file until every rank has written its own
-# In a merged checkpoint's extra_state: the number of rank files merged (consolidate_checkpoint).
-MERGED_KEY = "merged_rank_files"
+from ..checkpoint.expert_state import parallel_experts, rank_share, shards_entry
+from ..checkpoint.layout import (CONSOLIDATE, MERGED_KEY, PENDING, RANK_SUFFIX, SHARDS_KEY,
+                                 rank_files_of, rank_part)
+
 logger = logging.getLogger("fairseq_smlp.trainer.checkpoints")
-# Module names FSDP puts between a module and its wrapped children (fairscale's
-# FullyShardedDataParallel and FlattenParamsWrapper); state dicts leave them out.
-FSDP_WRAPPER_NAMES = {"_fsdp_wrapped_module", "_fpw_module"}
-
-
-def state_key(name: str) -> str:
-    """A parameter's name as state dicts spell it, without FSDP's wrapper modules."""
-    return ".".join(part for part in name.split(".") if part not in FSDP_WRAPPER_NAMES)
-
-
-def parallel_experts(model: nn.Module):
-    return {state_key(name): p for name, p in model.named_parameters()
-            if hasattr(p, "expert_placement")}
-
-
-def shards_entry(experts, run: str) -> dict:
-    """The SHARDS_KEY entry for this rank's ``experts`` (name -> parameter) of training run
-    ``run``."""
-    return {
-        "run": run,
-        "rank": dist.get_rank(),
-        "world_size": dist.get_world_size(),
-        "experts": {
-            name: (p.expert_placement.group_rank, p.expert_placement.group_size)
-            for name, p in experts.items()
-        },
-    }
-
-
-def rank_share(model_state, experts, run: str):
-    """What this rank writes of a model's full state, given its ``parallel_experts``: on rank 0
-    everything, elsewhere only its experts; with the entry that says which experts they are."""
-    share = model_state if dist.get_rank() == 0 else {
-        key: value for key, value in model_state.items() if key in experts}
-    share[SHARDS_KEY] = shards_entry(experts, run)
-    return share
-
-
-class ExpertCheckpointMixin:
-    """For a FairseqModel: loads a rank's share of a checkpoint, or a merged one."""
-
-    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        shards = state_dict.pop(SHARDS_KEY, None)
-        # For the check that every rank resumed from the same run (older files carry none).
-        self.loaded_run_id = None if shards is None else shards.get("run")
-        experts = parallel_experts(self)
-        world_size = dist.get_world_size() if experts else 1
-        if shards is not None and shards["world_size"] != world_size:
-            raise ValueError(
-                f"this checkpoint holds the experts of rank {shards['rank']} of a "
-                f"{shards['world_size']}-rank run and cannot be loaded by "
-                f"{'a single process' if world_size == 1 else f'{world_size} ranks'}: merge "
-                f"the rank files with '{CONSOLIDATE} <checkpoint>' and load the merged file "
-                f"(--finetune-from-model on several ranks)"
-            )
-        if shards is not None:
-            for name, parameter in experts.items():
-                saved_group_rank = shards["experts"][name][0]
-                if saved_group_rank != parameter.expert_placement.group_rank:
-                    raise ValueError(
-                        f"this checkpoint holds the experts of rank {shards['rank']}, not those "
-                        f"of rank {dist.get_rank()} ('{name}'): every rank must read its own "
-                        f"-rank-R file, or all ranks a merged one ('{CONSOLIDATE}')"
-                    )
-            state_dict = take_shared_from_rank_zero(state_dict, experts)
-        for name, parameter in experts.items():
-            placement = parameter.expert_placement
-            saved = state_dict.get(name)
-            if saved is not None and saved.size(0) == placement.num_experts != parameter.size(0):
-                state_dict[name] = saved[placement.local_slice]  # a merged checkpoint
-        return super().load_state_dict(state_dict, strict, model_cfg, args)
-
-
-def take_shared_from_rank_zero(state_dict, experts):
-    """Every rank calls this together: rank 0 sends its shared entries to the others."""
-    shared = [{k: v for k, v in state_dict.items() if k not in experts}] if (
-        dist.get_rank() == 0) else [None]
-    dist.broadcast_object_list(shared, src=0)
-    return {**shared[0], **state_dict}
 
 
 def trainer_holds_parallel_experts(trainer) -> bool:
@@ -222,12 +128,6 @@ def _load_checkpoint(trainer, filename, *args, **kwargs):
     return extra_state
 
 
-def rank_part(stem: str) -> str:
-    """"-rank-R" or "-shardR" of a rank's checkpoint name, "" of a whole one."""
-    found = re.search(rf"({RANK_SUFFIX}\d+|{SHARD_SUFFIX}\d+)$", stem)
-    return found.group(1) if found else ""
-
-
 def intact_or_fallback(path: Path) -> Path:
     """``path``, or if it is cut short (a save killed midway) the newest intact checkpoint
     beside it of the same rank, with a warning. torch.save writes a zip archive, whose directory
@@ -244,10 +144,6 @@ def intact_or_fallback(path: Path) -> Path:
     logger.warning(f"{path} is not a complete checkpoint (a save cut short?): resuming from "
                    f"{fallback.name}, the newest intact checkpoint beside it")
     return fallback
-
-
-def rank_files_of(path: Path) -> List[Path]:
-    return sorted(path.parent.glob(f"{path.stem}{RANK_SUFFIX}*.pt"))
 
 
 def check_no_rank_files(path: Path) -> None:

@@ -12,7 +12,7 @@ from fairseq.dataclass.utils import overwrite_args_by_name
 from fairseq.models import FairseqLanguageModel
 from fairseq.tasks import FairseqTask
 
-from ..trainer.checkpoints import CONSOLIDATE, RANK_SUFFIX
+from ..checkpoint.layout import CONSOLIDATE, RANK_SUFFIX
 
 RANK_FILE = re.compile(rf"^(?P<stem>.*){RANK_SUFFIX}\d+\.pt$")
 

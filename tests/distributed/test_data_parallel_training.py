@@ -17,7 +17,7 @@ from helpers import make_dictionary, run_on_ranks
 from torch.nn.parallel import DistributedDataParallel
 
 import fairseq_smlp
-from fairseq_smlp.trainer.checkpoints import parallel_experts, rank_share
+from fairseq_smlp.checkpoint.expert_state import parallel_experts, rank_share
 
 USER_DIR = fairseq_smlp.__path__[0]
 WORLD, STEPS, BATCH, TOKENS_PER_SAMPLE, VOCAB = 2, 2, 3, 20, 40

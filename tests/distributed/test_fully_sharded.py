@@ -28,14 +28,13 @@ from helpers import build_model, make_dictionary, run_on_ranks
 
 import fairseq_smlp
 import fairseq_smlp.distributed.expert_placement as placement_module
-from fairseq_smlp.consolidate_checkpoint import consolidate
+from fairseq_smlp.checkpoint.layout import SHARDS_KEY
+from fairseq_smlp.checkpoint.merge import consolidate, joined, merge_sharded_states
 from fairseq_smlp.distributed.expert_placement import expert_placement
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
 from fairseq_smlp.modules.smoe import DeterministicSMoE, PartialPredictionSMoE, SpatialExperts
-from fairseq_smlp.trainer.checkpoints import SHARDS_KEY
-from fairseq_smlp.trainer.fully_sharded_checkpoints import joined, merge_sharded_states
 from fairseq_smlp.trainer.grad_norm import clip_grad_norm_with_experts
 
 USER_DIR = fairseq_smlp.__path__[0]
