@@ -13,7 +13,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from moe_layers import add_layer_arguments
+from moe_layers import WithTokenIds, add_layer_arguments
 from spatial_mixers import time_side_by_side
 
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
@@ -40,16 +40,15 @@ def main():
     torch.manual_seed(0)
 
     def moe(gate, compiled):
-        layer = MoELayer(gate, BatchedFeedForwardExperts(experts, dim, args.ffn_dim, F.relu),
-                         experts, compile_routing=compiled)
-        layer.token_ids = torch.randint(VOCAB, (1, args.tokens), device=device)
-        return layer
+        return MoELayer(gate, BatchedFeedForwardExperts(experts, dim, args.ffn_dim, F.relu),
+                        experts, compile_routing=compiled)
 
     context = context_length(args.length, DEFAULT_PREDICTION_FRACTION)
     builds = {
         "top-1": lambda c: moe(TopKGate(dim, experts, 1), c),
         "top-2": lambda c: moe(TopKGate(dim, experts, 2), c),
-        "hash": lambda c: moe(HashGate(VOCAB, experts, seed=1), c),
+        "hash": lambda c: WithTokenIds(moe(HashGate(VOCAB, experts, seed=1), c),
+                                       torch.randint(VOCAB, (1, args.tokens))),
         "balanced": lambda c: moe(BalancedGate(dim, experts), c),
         f"tMoE E={experts}": lambda c: TokenMoE(dim, args.ffn_dim, experts, compile_routing=c),
         f"partial sMoE E={experts}": lambda c: PartialPredictionSMoE(

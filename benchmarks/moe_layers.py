@@ -10,6 +10,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from spatial_mixers import DenseFeedForward, time_side_by_side
 
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
@@ -17,6 +18,18 @@ from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
 
 VOCAB = 1000
+
+
+class WithTokenIds(nn.Module):
+    """A hash-routed MoE layer called as ``module(x)``, routing on fixed token ids."""
+
+    def __init__(self, layer: MoELayer, token_ids: torch.Tensor):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("token_ids", token_ids)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, self.token_ids)
 
 
 def add_layer_arguments(parser: argparse.ArgumentParser, experts: int) -> None:
@@ -41,9 +54,7 @@ def main():
     token_ids = torch.randint(VOCAB, (1, args.tokens), device=device)
 
     def moe(gate):
-        layer = MoELayer(gate, BatchedFeedForwardExperts(experts, dim, ffn, F.relu), experts)
-        layer.token_ids = token_ids
-        return layer
+        return MoELayer(gate, BatchedFeedForwardExperts(experts, dim, ffn, F.relu), experts)
 
     layers = {  # name -> (module, its dense counterpart)
         "dense FFN": (DenseFeedForward(dim, ffn), "dense FFN"),
@@ -51,7 +62,7 @@ def main():
         "top-2 (GShard)": (moe(TopKGate(dim, experts, 2, 1.0, "all")), "dense FFN, twice as wide"),
         "top-1 (Switch)": (moe(TopKGate(dim, experts, 1, 1.0)), "dense FFN"),
         "balanced (BASE)": (moe(BalancedGate(dim, experts)), "dense FFN"),
-        "hash": (moe(HashGate(VOCAB, experts, seed=1)), "dense FFN"),
+        "hash": (WithTokenIds(moe(HashGate(VOCAB, experts, seed=1)), token_ids), "dense FFN"),
     }
     seconds = time_side_by_side(
         {name: (module.to(device=device, dtype=dtype), x) for name, (module, _) in layers.items()},

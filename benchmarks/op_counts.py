@@ -96,15 +96,15 @@ def training_step_operators(module: nn.Module) -> Counter[str]:
     mixer = isinstance(module, (CausalSpatialProjection, PartialPredictionSMoE))
     shape = (BATCH, MIXER_LENGTH, MIXER_WIDTH) if mixer else (BATCH, LENGTH, EMBED_DIM)
     x = torch.randn(*shape, dtype=torch.bfloat16, requires_grad=True)
+    inputs = (x,)
     if isinstance(module, MoELayer):
-        module.token_ids = torch.randint(VOCAB, shape[:2])
-        module.padding = torch.zeros(shape[:2], dtype=torch.bool)
+        inputs += (torch.randint(VOCAB, shape[:2]), torch.zeros(shape[:2], dtype=torch.bool))
     with cuda_path_on_cpu():
         for _ in range(2):  # the first step may make what later ones reuse
             module.zero_grad(set_to_none=True)
             x.grad = None
             with OperatorCount() as count:
-                module(x).float().square().mean().backward()
+                module(*inputs).float().square().mean().backward()
     return count.seen
 
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
-from fairseq_smlp.modules.gates import Routing
+from fairseq_smlp.modules.gates import GateDecision
 from fairseq_smlp.modules.moe_layer import MoELayer
 from fairseq_smlp.modules.smoe import PartialPredictionSMoE
 from fairseq_smlp.routing_map import ExpertCounts, plot, routing_counts
@@ -17,7 +17,7 @@ class FixedGate(nn.Module):
 
     def forward(self, tokens, token_ids=None, padding=None):
         expert = torch.tensor(self.EXPERTS)[:, None]
-        return Routing(expert, torch.ones(expert.shape), capacity=2)
+        return GateDecision(expert, torch.ones(expert.shape), capacity=2)
 
 
 def test_counts_are_the_tokens_and_columns_each_expert_took(tmp_path):

@@ -5,10 +5,9 @@ from fairseq.modules import FairseqDropout
 from fairseq.utils import safe_getattr
 from torch import nn
 
-from ..modules.moe_layer import MoELayer
+from ..checkpoint.layout import state_key
 from ..modules.spatial_gating import SpatialGatingUnit
 from ..modules.spatial_projection import CausalSpatialProjection
-from ..checkpoint.layout import state_key
 from .routing_stats import routing_stats
 
 
@@ -99,7 +98,6 @@ class AllMlpDecoder(FairseqIncrementalDecoder):
                               if isinstance(unit, SpatialGatingUnit)]
         self._decodes_incrementally = all(unit.decodes_incrementally
                                           for unit in self._gating_units)
-        self._moe_layers = [layer for layer in blocks.modules() if isinstance(layer, MoELayer)]
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
@@ -119,11 +117,9 @@ class AllMlpDecoder(FairseqIncrementalDecoder):
         else:
             incremental_state = None
         padding = prev_output_tokens.eq(self.embed_tokens.padding_idx)  # (B, L)
-        for layer in self._moe_layers:
-            layer.padding = padding
         x = self.dropout(self.embed_tokens(prev_output_tokens))  # (B, L, D)
         for block in self.blocks:
-            x = block(x, incremental_state)
+            x = block(x, incremental_state, padding)
         # "attn": fairseq's SequenceGenerator reads it; there is no attention to report. The
         # routing figures of a decoding step are left out: nothing logs them.
         stats = {} if decoding else routing_stats(self.blocks)

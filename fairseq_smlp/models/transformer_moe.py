@@ -24,7 +24,7 @@ from torch import nn
 from ..distributed.expert_placement import exclude_experts_from_ddp
 from ..modules.experts import BatchedFeedForwardExperts
 from ..modules.gates import SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate
-from ..modules.moe_layer import MoELayer
+from ..modules.moe_layer import FairseqFFNMoE
 from ..checkpoint.expert_state import ExpertCheckpointMixin
 from .expert_flags import compile_routing_field, placement_for
 from .routing_stats import routing_stats
@@ -74,7 +74,7 @@ class MoEDecoderLayer(TransformerDecoderLayerBase):
     block's residual input: before --decoder-normalize-before's norm where there is one, handed
     over by a hook on that norm; the experts still run on the normalised input."""
 
-    def __init__(self, cfg, moe: MoELayer):
+    def __init__(self, cfg, moe: FairseqFFNMoE):
         if utils.safe_getattr(cfg, "scale_fc", False):
             raise ValueError("--scale-fc normalises inside the FFN and has no place in an MoE layer")
         super().__init__(cfg, no_encoder_attn=True)
@@ -140,9 +140,9 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
             if args.moe_gate == "balanced":
                 # fairseq's BaseLayer starts every expert as the identity of its residual block.
                 nn.init.zeros_(experts.fc2_weight)
-            moe = MoELayer(build_gate(args, len(task.source_dictionary)), experts,
-                           args.moe_expert_count, placement, time_major=True,
-                           compile_routing=safe_getattr(args, "compile_routing", False))
+            moe = FairseqFFNMoE(build_gate(args, len(task.source_dictionary)), experts,
+                                args.moe_expert_count, placement,
+                                compile_routing=safe_getattr(args, "compile_routing", False))
             # Wrapped as fairseq's TransformerDecoderBase.build_decoder_layer wraps its layers.
             layer = MoEDecoderLayer(cfg, moe)
             if cfg.checkpoint_activations:
@@ -161,7 +161,7 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
         decoder.embed_tokens.register_forward_pre_hook(self.hand_token_ids)
 
     def moe_layers(self):
-        return [module for module in self.modules() if isinstance(module, MoELayer)]
+        return [module for module in self.modules() if isinstance(module, FairseqFFNMoE)]
 
     def hand_token_ids(self, embed_tokens, args):
         tokens = args[0]  # (B, L)

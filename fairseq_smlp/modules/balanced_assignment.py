@@ -39,7 +39,6 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .cuda_path import takes_cuda_path
-from .grouping import group_counts, rank_in_group
 
 # Chosen by a sweep against the exact optimum (docs/design.md): fewer leave skewed problems, or
 # groups of near-identical experts, over 1% from it.
@@ -51,6 +50,9 @@ AUCTION_EPS = 1e-2  # bid increment, relative to the spread
 CLOSING_ROUNDS = 2
 # Tie-breaking perturbation, relative to the spread: it can cost at most twice this per item.
 TIE_BREAK = 1e-4
+
+# Groups' sort keys are this far apart; priorities within a group must span less.
+KEY_STRIDE = 1e9
 
 
 @torch.no_grad()
@@ -232,6 +234,26 @@ def closing_round(values: torch.Tensor, owner: torch.Tensor, capacity: int,
     rank = rank_in_group(candidate, margin, num_experts)
     room = torch.cat([free, torch.zeros_like(free[:, :1])], dim=1).gather(1, candidate)
     return torch.where(rank < room, candidate, owner)
+
+
+def group_counts(group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(..., N) -> (..., G): the items of each group along the last dim. Entries outside [0, G)
+    (-1: none) count for none."""
+    group = torch.where((group >= 0) & (group < num_groups), group, num_groups)
+    count = group.new_zeros(*group.shape[:-1], num_groups + 1)
+    return count.scatter_add_(-1, group, torch.ones_like(group))[..., :num_groups]
+
+
+def rank_in_group(group: torch.Tensor, priority: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(R, N) rank of each item inside its group (0 = highest priority), groups in [0, G], the
+    last a spare one. One sort on (group, -priority) packed into a float64 key."""
+    key = group.double() * KEY_STRIDE - priority.double()
+    order = key.argsort(dim=1)  # (R, N) items grouped, highest priority first
+    count = group_counts(group, num_groups + 1)  # (R, G + 1)
+    start = count.cumsum(1) - count  # (R, G + 1) where each group begins in the sorted order
+    sorted_group = group.gather(1, order)
+    sorted_rank = torch.arange(group.size(1), device=group.device) - start.gather(1, sorted_group)
+    return torch.empty_like(sorted_rank).scatter_(1, order, sorted_rank)
 
 
 def fill_free_slots(owner: torch.Tensor, capacity: int) -> torch.Tensor:

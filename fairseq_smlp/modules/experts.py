@@ -29,11 +29,13 @@ class BatchedFeedForwardExperts(nn.Module):
         self.fc1_weight = nn.Parameter(
             torch.empty(num_experts, embed_dim, ffn_dim).uniform_(-bound_in, bound_in)
         )
-        self.fc1_bias = nn.Parameter(torch.empty(num_experts, 1, ffn_dim).uniform_(-bound_in, bound_in))
+        self.fc1_bias = nn.Parameter(
+            torch.empty(num_experts, 1, ffn_dim).uniform_(-bound_in, bound_in))
         self.fc2_weight = nn.Parameter(
             torch.empty(num_experts, ffn_dim, embed_dim).uniform_(-bound_out, bound_out)
         )
-        self.fc2_bias = nn.Parameter(torch.empty(num_experts, 1, embed_dim).uniform_(-bound_out, bound_out))
+        self.fc2_bias = nn.Parameter(
+            torch.empty(num_experts, 1, embed_dim).uniform_(-bound_out, bound_out))
 
     def forward(self, buffer: torch.Tensor, row_one_hot: Optional[torch.Tensor] = None,
                 group_end: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .balanced_assignment import balanced_assignment
-from .expert_load import expert_load, load_cv
+from .moe_dispatch import expert_load, load_cv
 
 SECOND_EXPERT_POLICIES = ("sampling", "all", "random")
 # BASE layers initialise the expert centroids orthogonally with this gain (fairseq BaseLayer).
@@ -23,7 +23,9 @@ CENTROID_INIT_GAIN = 0.1
 
 
 @dataclass
-class Routing:
+class GateDecision:
+    """A gate's decision for S tokens: k expert choices each, their weights, the capacity."""
+
     expert_index: torch.Tensor  # (S, k) long
     weight: Optional[torch.Tensor]  # (S, k) combine weight of each choice; None: 1 for all
     capacity: Optional[int]  # slots per expert; None: as many as the largest load
@@ -95,7 +97,7 @@ class TopKGate(nn.Module):
         self.second_expert_policy = second_expert_policy
         self.wg = nn.Linear(embed_dim, num_experts, bias=False)
 
-    def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> Routing:
+    def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> GateDecision:
         # The product in the activations' dtype, the (S, E) logits in fp32.
         logits = F.linear(tokens, self.wg.weight).float()
         probs = logits.softmax(-1)
@@ -112,7 +114,8 @@ class TopKGate(nn.Module):
             capacity = math.ceil(self.capacity_factor * self.k * fair_share)
         else:
             capacity = None
-        return Routing(expert_index, weight, capacity, aux_loss, stats, normalize_kept=self.k == 2)
+        return GateDecision(expert_index, weight, capacity, aux_loss, stats,
+                            normalize_kept=self.k == 2)
 
     def second_choice(self, logits, probs, first):
         """(S, 2) experts and weights, from the (S, E) logits and probabilities and the (S, 1)
@@ -147,7 +150,7 @@ class BalancedGate(nn.Module):
         nn.init.orthogonal_(centroids, gain=CENTROID_INIT_GAIN)
         self.centroids = nn.Parameter(centroids)
 
-    def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> Routing:
+    def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> GateDecision:
         if self.training and tokens.size(0) < self.num_experts:
             raise ValueError(
                 f"balanced routing gives every one of the {self.num_experts} experts a share of "
@@ -168,7 +171,7 @@ class BalancedGate(nn.Module):
             expert, capacity = greedy, None
         weight = torch.sigmoid(affinity.gather(1, expert.unsqueeze(1)))  # (S, 1)
         stats = {"greedy_load_cv": load_cv(expert_load(greedy, self.num_experts, padding))}
-        return Routing(expert.unsqueeze(1), weight, capacity, None, stats, may_overflow=False)
+        return GateDecision(expert.unsqueeze(1), weight, capacity, None, stats, may_overflow=False)
 
 
 class HashGate(nn.Module):
@@ -184,8 +187,8 @@ class HashGate(nn.Module):
             "token_to_expert", torch.randint(num_experts, (vocab_size,), generator=generator)
         )
 
-    def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> Routing:
+    def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> GateDecision:
         if token_ids is None:
             raise ValueError("hash routing needs the token ids of the tokens it routes")
         expert = self.token_to_expert[token_ids.reshape(-1)].unsqueeze(1)  # (S, 1)
-        return Routing(expert, None, None)
+        return GateDecision(expert, None, None)

@@ -19,6 +19,8 @@ class GmlpBlock(nn.Module):
         self.proj_out = nn.Linear(ffn_dim // 2, embed_dim)  # V
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
 
-    def forward(self, x: torch.Tensor, incremental_state=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, incremental_state=None, padding=None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D). ``padding`` (B, L) is what every block of an all-MLP model
+        receives; a dense block treats every position alike and leaves it."""
         hidden = F.gelu(self.proj_in(self.norm(x)))  # (B, L, ffn_dim)
         return x + self.dropout(self.proj_out(self.sgu(hidden, incremental_state)))

@@ -1,8 +1,10 @@
 """Dispatch tokens to per-expert buffers and combine the expert outputs back: the one routing
-path shared by every gate (balanced, top-1, top-2, hash).
+path shared by every gate (balanced, top-1, top-2, hash); and the per-expert counts of what was
+routed, with their balance figure, computed on the device (no bincount, whose output size
+depends on the data).
 
 A gate decides, for each of S tokens and each of its k choices, an expert and a combine weight.
-``route`` gives every choice a row of a buffer, dropping the choices past an expert's capacity
+``assign_rows`` gives every choice a row of a buffer, dropping the choices past an expert's capacity
 in arrival order (token 0's first choice, ..., then every token's second choice, so a first
 choice always takes priority over a second one); ``dispatch`` copies the tokens into their rows
 and ``combine`` adds each row's expert output, times its combine weight, to its token. A dropped
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 
 
 @dataclass
-class Routes:
+class BufferRows:
     # (rows,) the choice each buffer row holds, j * S + s for choice j of token s; k S in an
     # empty row (padded layout only).
     row_choice: torch.Tensor
@@ -47,8 +49,8 @@ class Routes:
     group_end: Optional[torch.Tensor] = None  # packed: (E,) int32 end row of each expert's group
 
 
-def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
-          packed: bool = False) -> Routes:
+def assign_rows(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
+                packed: bool = False) -> BufferRows:
     """
     Args:
         expert_index: (S, k) the expert of each token's k choices (k = 1 for top-1); -1 marks a
@@ -80,7 +82,7 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
         group_end = torch.searchsorted(row_expert, groups, right=True,
                                        out_int32=True)  # grouped_mm takes int32 offsets
         row_token = row_choice if k == 1 else row_choice % max(num_tokens, 1)
-        return Routes(row_choice, row_token, kept.view(k, num_tokens).t(), load, kept_load,
+        return BufferRows(row_choice, row_token, kept.view(k, num_tokens).t(), load, kept_load,
                       num_experts, None, row_expert[:, None] == groups, group_end)
     rows = num_experts * capacity
     row = torch.where(kept, expert * capacity + arrival - 1, rows)  # not kept: a spare row
@@ -89,20 +91,21 @@ def route(expert_index: torch.Tensor, num_experts: int, capacity: Optional[int],
     row_choice = row_choice.scatter_(0, row, choice)[:rows]
     row_token = torch.where(row_choice < expert.numel(), row_choice % max(num_tokens, 1),
                             num_tokens)
-    return Routes(row_choice, row_token, kept.view(k, num_tokens).t(), load, kept_load,
+    return BufferRows(row_choice, row_token, kept.view(k, num_tokens).t(), load, kept_load,
                   num_experts, capacity)
 
 
-def dispatch(tokens: torch.Tensor, routes: Routes) -> torch.Tensor:
+def dispatch(tokens: torch.Tensor, buffer_rows: BufferRows) -> torch.Tensor:
     """(S, D) -> (E, C, D) padded or (k S, D) packed: tokens grouped by expert."""
-    if routes.group_end is not None:
-        return tokens.index_select(0, routes.row_token)  # (k S, D)
+    if buffer_rows.group_end is not None:
+        return tokens.index_select(0, buffer_rows.row_token)  # (k S, D)
     with_spare = F.pad(tokens, (0, 0, 0, 1))  # (S + 1, D): an empty row reads zeros
-    buffer = with_spare.index_select(0, routes.row_token)
-    return buffer.view(routes.num_experts, routes.capacity, tokens.size(1))
+    buffer = with_spare.index_select(0, buffer_rows.row_token)
+    return buffer.view(buffer_rows.num_experts, buffer_rows.capacity, tokens.size(1))
 
 
-def combine(expert_output: torch.Tensor, routes: Routes, weight: torch.Tensor) -> torch.Tensor:
+def combine(expert_output: torch.Tensor, buffer_rows: BufferRows,
+            weight: torch.Tensor) -> torch.Tensor:
     """(E, C, D) or (k S, D) -> (S, D): the sum over kept choices of weight * expert output.
 
     Args:
@@ -113,14 +116,31 @@ def combine(expert_output: torch.Tensor, routes: Routes, weight: torch.Tensor) -
     weight = weight.to(rows.dtype)
     # Padded: empty rows add into a spare token S, dropped afterwards. Packed: the rows of
     # dropped choices add into their own token, with weight 0.
-    padded = routes.group_end is None
+    padded = buffer_rows.group_end is None
     out = rows.new_zeros(num_tokens + padded, rows.size(1))
     if k == 1:  # one row per token at most: weigh after the sum, in token order
-        summed = out.index_add_(0, routes.row_token, rows)
+        summed = out.index_add_(0, buffer_rows.row_token, rows)
         return (summed[:num_tokens] if padded else summed) * weight  # (S, D)
     choice_weight = weight.t().reshape(-1)  # (k S,) in arrival order
     if padded:
         choice_weight = F.pad(choice_weight, (0, 1))  # an empty row's weight: 0
-    row_weight = choice_weight[routes.row_choice]  # (rows,)
-    summed = out.index_add_(0, routes.row_token, rows * row_weight[:, None])
+    row_weight = choice_weight[buffer_rows.row_choice]  # (rows,)
+    summed = out.index_add_(0, buffer_rows.row_token, rows * row_weight[:, None])
     return summed[:num_tokens] if padded else summed  # (S, D)
+
+
+def expert_load(expert: torch.Tensor, num_experts: int,
+                left_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(E,) float: the items of ``expert`` (any shape, values in [0, E)) that each expert
+    received, leaving out those that ``left_out`` (bool, the same shape) marks."""
+    if left_out is None:
+        count = torch.ones_like(expert, dtype=torch.float)
+    else:
+        count = left_out.logical_not().float()
+    return count.new_zeros(num_experts).scatter_add_(0, expert.reshape(-1), count.reshape(-1))
+
+
+def load_cv(load: torch.Tensor) -> torch.Tensor:
+    """Coefficient of variation (std / mean) of the (E,) items per expert: 0 = balanced."""
+    std, mean = torch.std_mean(load.float(), correction=0)
+    return std / mean.clamp_min(1e-9)

@@ -17,7 +17,7 @@ from .balanced_assignment import balanced_assignment
 from .causal_product import causal_product
 from .column_permutation import inverse_permutation, permute_columns
 from .compiled_region import CompiledRegion
-from .expert_load import expert_load, load_cv
+from .moe_dispatch import expert_load, load_cv
 from .spatial_projection import CausalSpatialProjection
 
 

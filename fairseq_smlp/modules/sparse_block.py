@@ -21,7 +21,9 @@ class SparseMlpBlock(nn.Module):
         self.tmoe = tmoe
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
 
-    def forward(self, x: torch.Tensor, incremental_state=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, incremental_state=None, padding=None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D); ``padding`` (B, L) True at padding positions, which take no
+        tMoE slot."""
         # In inference the tMoE routes each token on its own: it keeps nothing between steps.
         x = self.token_mixing(x, incremental_state)
-        return x + self.dropout(self.tmoe(self.norm(x)))
+        return x + self.dropout(self.tmoe(self.norm(x), padding=padding))

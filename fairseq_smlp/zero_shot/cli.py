@@ -16,7 +16,7 @@ import torch
 
 from .checkpoint import default_spm_model, load_checkpoint
 from .evaluation import RULES, TaskResult, evaluate
-from .placement import layout_for
+from .prompt_layout import layout_for
 from .tasks import TASKS, load_examples
 from .text_encoding import TextEncoder
 

@@ -8,7 +8,7 @@ from typing import List, Tuple
 import torch
 
 from .example import Example
-from .placement import Window, layout_for
+from .prompt_layout import Window, layout_for
 from .scoring import Score, score_windows
 from .text_encoding import TextEncoder
 

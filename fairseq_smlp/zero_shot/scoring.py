@@ -6,7 +6,7 @@ from typing import List
 import torch
 from tqdm import tqdm
 
-from .placement import Window
+from .prompt_layout import Window
 
 
 @dataclass(frozen=True)

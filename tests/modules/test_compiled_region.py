@@ -63,7 +63,7 @@ def test_the_region_compiles_whole_and_gives_eagers_results(name, path):
     torch.manual_seed(0)
     layer = LAYERS[name]().train()
     function = (layer.route_and_mix if isinstance(layer, PartialPredictionSMoE)
-                else layer.route_and_run)
+                else layer.gate_dispatch_combine)
     torch._dynamo.reset()
     compiled = torch.compile(function, fullgraph=True, backend="aot_eager")
     with cuda_path_on_cpu() if path == "cuda" else contextlib.nullcontext():
@@ -101,10 +101,10 @@ def test_a_copy_of_a_compiled_layer_runs_its_own_parameters(monkeypatch):
     layer = MoELayer(HashGate(VOCAB, EXPERTS, seed=1),
                      BatchedFeedForwardExperts(EXPERTS, DIM, 32), EXPERTS,
                      compile_routing=True).eval()
-    layer.token_ids = torch.randint(VOCAB, (2, 20))
+    token_ids = torch.randint(VOCAB, (2, 20))
     x = torch.randn(2, 20, DIM)
     with torch.no_grad():
-        layer(x)  # compiles
+        layer(x, token_ids)  # compiles
         twin = copy.deepcopy(layer)
         twin.experts.fc2_bias.add_(1.0)
-        torch.testing.assert_close(twin(x), layer(x) + 1.0)
+        torch.testing.assert_close(twin(x, token_ids), layer(x, token_ids) + 1.0)

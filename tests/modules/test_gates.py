@@ -174,9 +174,8 @@ PADDING = torch.tensor([True, True, False, False, False, False])
 
 def test_padding_takes_no_slot_and_counts_in_neither_the_aux_loss_nor_the_figures():
     layer = MoELayer(gate(1), BatchedFeedForwardExperts(E, D, 4), E).train()
-    layer.padding = PADDING
     tokens = hand_batch()
-    out = layer(tokens)
+    out = layer(tokens, padding=PADDING)
     # Expert 0 holds 2 (capacity from all 6 positions): the real tokens 2 and 5 now fit.
     assert layer.last_assignment[:, 0].tolist() == [-1, -1, 0, 1, 2, 0]
     assert (out[:2] == 0).all() and (out[2:].abs().sum(1) > 0).all()
@@ -194,9 +193,8 @@ def test_padding_leaves_the_balanced_assignment_of_the_real_tokens_optimal():
     with torch.no_grad():
         gate_.centroids.copy_(torch.eye(D))  # affinity = the tokens themselves
     layer = MoELayer(gate_, BatchedFeedForwardExperts(E, D, 4), E).train()
-    layer.padding = PADDING
     tokens = hand_batch()
-    layer(tokens)
+    layer(tokens, padding=PADDING)
     expert = layer.last_assignment[:, 0].tolist()
     assert expert[:2] == [-1, -1]
     # Every way of giving the 4 real tokens at most ceil(6 / 3) = 2 per expert, the best total.
@@ -209,8 +207,6 @@ def test_padding_leaves_the_balanced_assignment_of_the_real_tokens_optimal():
 
 def test_hash_routing_leaves_padding_out():
     layer = MoELayer(HashGate(10, E, seed=1), BatchedFeedForwardExperts(E, D, 4), E).train()
-    layer.token_ids = torch.tensor([1, 1, 2, 3, 4, 5])
-    layer.padding = PADDING
-    out = layer(hand_batch())
+    out = layer(hand_batch(), torch.tensor([1, 1, 2, 3, 4, 5]), padding=PADDING)
     assert (layer.last_assignment[:2] == -1).all() and (layer.last_assignment[2:] >= 0).all()
     assert (out[:2] == 0).all()

@@ -8,7 +8,7 @@ from fairseq_smlp.modules import experts as experts_module
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
-from fairseq_smlp.modules.moe_dispatch import combine, dispatch, route
+from fairseq_smlp.modules.moe_dispatch import assign_rows, combine, dispatch
 
 
 def naive_route(tokens, expert_index, weight, num_experts, capacity, expert_fns):
@@ -27,16 +27,16 @@ def naive_route(tokens, expert_index, weight, num_experts, capacity, expert_fns)
 
 
 def routed(tokens, expert_index, weight, num_experts, capacity, expert_fns, packed):
-    routes = route(expert_index, num_experts, capacity, packed)
-    buffer = dispatch(tokens, routes)
-    weight = weight * routes.kept
+    rows = assign_rows(expert_index, num_experts, capacity, packed)
+    buffer = dispatch(tokens, rows)
+    weight = weight * rows.kept
     if packed:
-        expert = routes.row_one_hot.long().argmax(1)  # (rows,)
+        expert = rows.row_one_hot.long().argmax(1)  # (rows,)
         outputs = torch.stack([expert_fns[e](row) for e, row in zip(expert.tolist(), buffer)])
-        return combine(outputs, routes, weight)
+        return combine(outputs, rows, weight)
     assert buffer.shape == (num_experts, capacity, tokens.size(1))
     outputs = torch.stack([expert_fns[e](buffer[e]) for e in range(num_experts)])
-    return combine(outputs, routes, weight)
+    return combine(outputs, rows, weight)
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -65,17 +65,17 @@ def test_dispatch_combine_and_their_gradients_equal_a_per_token_loop(k, packed):
 def test_overflow_drops_later_tokens_first(packed):
     tokens = 1.0 + torch.arange(5.0).unsqueeze(1)  # (S, 1)
     expert_index = torch.zeros(5, 1, dtype=torch.long)  # all to expert 0
-    routes = route(expert_index, num_experts=2, capacity=2, packed=packed)
-    buffer = dispatch(tokens, routes)
-    assert routes.kept[:, 0].tolist() == [True, True, False, False, False]
-    assert routes.load.tolist() == [5, 0] and routes.kept_load.tolist() == [2, 0]
+    rows = assign_rows(expert_index, num_experts=2, capacity=2, packed=packed)
+    buffer = dispatch(tokens, rows)
+    assert rows.kept[:, 0].tolist() == [True, True, False, False, False]
+    assert rows.load.tolist() == [5, 0] and rows.kept_load.tolist() == [2, 0]
     if packed:
         # Expert 0's two rows, then the dropped choices inside the last group.
-        assert routes.row_choice.tolist() == [0, 1, 2, 3, 4]
-        assert routes.group_end.tolist() == [2, 5]
-        assert routes.row_one_hot.long().argmax(1).tolist() == [0, 0, 1, 1, 1]
+        assert rows.row_choice.tolist() == [0, 1, 2, 3, 4]
+        assert rows.group_end.tolist() == [2, 5]
+        assert rows.row_one_hot.long().argmax(1).tolist() == [0, 0, 1, 1, 1]
     else:
-        assert routes.row_choice.tolist() == [0, 1, 5, 5]  # 5 = k S: empty
+        assert rows.row_choice.tolist() == [0, 1, 5, 5]  # 5 = k S: empty
         assert buffer[0, :, 0].tolist() == [1.0, 2.0]
         assert buffer[1].abs().sum() == 0
 
@@ -83,15 +83,15 @@ def test_overflow_drops_later_tokens_first(packed):
 @pytest.mark.parametrize("packed", [False, True])
 def test_first_choices_take_priority_over_second_choices(packed):
     expert_index = torch.tensor([[1, 0], [0, 1], [0, 1]])
-    routes = route(expert_index, num_experts=2, capacity=2, packed=packed)
+    rows = assign_rows(expert_index, num_experts=2, capacity=2, packed=packed)
     # Expert 0 gets the first choices of tokens 1 and 2 and is then full for token 0's second.
-    assert routes.kept.tolist() == [[True, False], [True, True], [True, False]]
+    assert rows.kept.tolist() == [[True, False], [True, True], [True, False]]
     # Choices j * S + s: expert 0 holds 1 and 2, expert 1 holds 0 and 4.
     held = [1, 2, 0, 4]
     if packed:
-        assert routes.row_choice.tolist()[:4] == held and routes.group_end.tolist() == [2, 6]
+        assert rows.row_choice.tolist()[:4] == held and rows.group_end.tolist() == [2, 6]
     else:
-        assert routes.row_choice.tolist() == held
+        assert rows.row_choice.tolist() == held
 
 
 @pytest.mark.parametrize("training", [True, False])

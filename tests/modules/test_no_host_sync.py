@@ -21,10 +21,10 @@ def device_assignment(monkeypatch):
     assign_as_on_a_device(monkeypatch)
 
 
-def host_reads(module, x):
+def host_reads(module, x, **inputs):
     module.train()
     with HostReads() as mode:
-        module(x).float().square().mean().backward()
+        module(x, **inputs).float().square().mean().backward()
     return mode.seen
 
 
@@ -39,8 +39,8 @@ def test_training_moe_layer_never_waits(monkeypatch, name, build, packed):
     if packed:
         pack_experts_on_cpu(monkeypatch)
     layer = build()
-    layer.padding = padding()
-    assert host_reads(layer, torch.randn(2, 24, 16, requires_grad=True)) == []
+    x = torch.randn(2, 24, 16, requires_grad=True)
+    assert host_reads(layer, x, padding=padding()) == []
 
 
 def padding():
@@ -55,8 +55,8 @@ def test_training_hash_layer_never_waits_with_packed_groups(monkeypatch):
     layout of CUDA bf16 needs nothing from the host."""
     pack_experts_on_cpu(monkeypatch)
     layer = MoELayer(HashGate(50, 4, seed=1), BatchedFeedForwardExperts(4, 16, 32), 4)
-    layer.token_ids, layer.padding = torch.randint(50, (2, 24)), padding()
-    assert host_reads(layer, torch.randn(2, 24, 16, requires_grad=True)) == []
+    x = torch.randn(2, 24, 16, requires_grad=True)
+    assert host_reads(layer, x, token_ids=torch.randint(50, (2, 24)), padding=padding()) == []
 
 
 def test_training_partial_smoe_never_waits():

@@ -13,7 +13,7 @@ from zero_shot_reference import RiggedLM, direct_log_likelihood
 
 from fairseq_smlp.zero_shot.evaluation import best, evaluate, score_examples
 from fairseq_smlp.zero_shot.example import Candidate, Example
-from fairseq_smlp.zero_shot.placement import Layout, layout_for
+from fairseq_smlp.zero_shot.prompt_layout import Layout, layout_for
 from fairseq_smlp.zero_shot.scoring import score_windows
 from fairseq_smlp.zero_shot.tasks import TASKS, load_examples
 from fairseq_smlp.zero_shot.text_encoding import TextEncoder
