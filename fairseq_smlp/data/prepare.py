@@ -28,7 +28,7 @@ logger = logging.getLogger("fairseq_smlp.data.prepare")
 
 
 def load_splits(text_dir: Path, max_documents: int) -> Dict[str, List[Document]]:
-    if text_dir is not None and all((text_dir / name).is_file() for name in SPLIT_FILES):
+    if text_dir is not None and has_ready_made_splits(text_dir):
         splits = {name[: -len(".txt")]: [(name, read_text(text_dir / name))]
                   for name in SPLIT_FILES}
     else:
@@ -38,6 +38,22 @@ def load_splits(text_dir: Path, max_documents: int) -> Dict[str, List[Document]]
         splits = split_documents(documents)
     check_splits(splits, f"--text-dir {text_dir}" if text_dir else "the bundled corpus")
     return splits
+
+
+def has_ready_made_splits(text_dir: Path) -> bool:
+    """Whether ``text_dir`` holds all of SPLIT_FILES; some of them but not all is an error, for
+    the directory would be split by document with a user's train.txt in any split."""
+    present = [name for name in SPLIT_FILES if (text_dir / name).is_file()]
+    if len(present) in (0, len(SPLIT_FILES)):
+        return bool(present)
+    missing = [name for name in SPLIT_FILES if name not in present]
+    raise ValueError(
+        f"--text-dir {text_dir} holds {' and '.join(present)} but no {' or '.join(missing)}: "
+        f"ready-made splits need all three of {', '.join(SPLIT_FILES)}, and a directory with "
+        f"none of them is split by document, each *.txt file one document; add "
+        f"{' and '.join(missing)}, or rename {' and '.join(present)} to have the directory split "
+        f"by document"
+    )
 
 
 def write_raw(documents: List[Document], path: Path) -> None:
@@ -89,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--text-dir",
         type=Path,
         help="your own corpus instead of the bundled one: a directory holding train.txt, "
-        "valid.txt and test.txt, or else any *.txt files, one document each, split by document",
+        "valid.txt and test.txt, or else none of them and any *.txt files, one document each, "
+        "split by document",
     )
     parser.add_argument(
         "--vocab-size", type=int, default=4096, help="sentencepiece vocabulary size"

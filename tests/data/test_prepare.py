@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from fairseq_smlp.data.prepare import main as prepare_main
+
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
 GOOD = "The people met.\nThey spoke of the union.\nThen they left.\n"
@@ -32,6 +36,13 @@ def corpus(directory: Path, **splits) -> Path:
 def fingerprint(directory: Path):
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def refusal(*argv) -> str:
+    """The message with which python -m fairseq_smlp.data.prepare stops."""
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main([str(arg) for arg in argv])
+    return exit_info.value.code
 
 
 def test_a_bad_corpus_leaves_an_existing_dest_as_it_was(data_dir, tmp_path):
@@ -60,3 +71,23 @@ def test_a_vocabulary_too_large_for_the_train_split_is_refused(tmp_path):
             "it gives at most 23 pieces: use --vocab-size 23 or less") in result.stderr, \
         result.stderr[-2000:]
     assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("present,holds,add", [
+    (["train.txt", "valid.txt"], "train.txt and valid.txt but no test.txt", "test.txt"),
+    (["train.txt"], "train.txt but no valid.txt or test.txt", "valid.txt and test.txt"),
+])
+def test_some_but_not_all_ready_made_splits_are_refused(tmp_path, present, holds, add):
+    """Split by document, the user's train.txt would land in any split."""
+    text = tmp_path / "text"
+    text.mkdir()
+    for name in present + ["README.txt", "notes.txt"]:
+        (text / name).write_text(GOOD)
+    before = fingerprint(text)
+    assert refusal("--dest", tmp_path / "dest", "--text-dir", text) == (
+        f"prepare_data: --text-dir {text} holds {holds}: ready-made splits need all three of "
+        f"train.txt, valid.txt, test.txt, and a directory with none of them is split by "
+        f"document, each *.txt file one document; add {add}, or rename {' and '.join(present)} "
+        f"to have the directory split by document")
+    assert fingerprint(text) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]
