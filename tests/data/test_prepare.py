@@ -91,3 +91,21 @@ def test_some_but_not_all_ready_made_splits_are_refused(tmp_path, present, holds
         f"to have the directory split by document")
     assert fingerprint(text) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]
+
+
+def test_a_train_line_over_sentencepieces_limit_is_named(tmp_path):
+    """Three documents split by document: c.txt is the train split. Its line 1 is at the limit
+    of 65,536 bytes; line 3, 32,769 two-byte characters, is over it (sentencepiece would leave it
+    out, or fail with an INTERNAL error were it the only line)."""
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "a.txt").write_text(GOOD)
+    (text / "b.txt").write_text(GOOD)
+    (text / "c.txt").write_text("x" * 65536 + "\nThey spoke.\n" + "é" * 32769 + "\n" + GOOD)
+    before = fingerprint(text)
+    assert refusal("--dest", tmp_path / "dest", "--text-dir", text) == (
+        f"prepare_data: {text / 'c.txt'}:3: the line is 65538 bytes long, over sentencepiece's "
+        f"limit of 65536 bytes a line (it would leave the line out of its training); split it "
+        f"into lines of at most 65536 bytes, such as one paragraph a line")
+    assert fingerprint(text) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]
