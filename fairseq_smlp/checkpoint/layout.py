@@ -12,7 +12,7 @@ beside the model state. A merge of either set into one file (``merge.py``) carri
 
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 # The entry of a rank's model state (of its checkpoint under fully_sharded) that lists its
 # experts: {"run": the training run's id, "rank", "world_size",
@@ -42,3 +42,9 @@ def rank_part(stem: str) -> str:
 
 def rank_files_of(path: Path) -> List[Path]:
     return sorted(path.parent.glob(f"{path.stem}{RANK_SUFFIX}*.pt"))
+
+
+def shards_of(checkpoint: dict) -> Optional[dict]:
+    """The SHARDS_KEY entry of a rank file (beside the model state under fully_sharded, inside
+    it otherwise); None for a whole checkpoint."""
+    return checkpoint.get(SHARDS_KEY) or (checkpoint.get("model") or {}).get(SHARDS_KEY)

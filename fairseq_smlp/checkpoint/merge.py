@@ -18,7 +18,7 @@ from typing import Dict, List
 import torch
 from fairseq import checkpoint_utils
 
-from .layout import MERGED_KEY, RANK_SUFFIX, SHARD_SUFFIX, SHARDS_KEY
+from .layout import MERGED_KEY, RANK_SUFFIX, SHARD_SUFFIX, SHARDS_KEY, shards_of
 
 # What a -shardR file holds for resuming on the same ranks only: FSDP's layout, the experts' ranks,
 # the rank's optimizer shard.
@@ -63,8 +63,7 @@ def updates(checkpoints: List[Dict]) -> List[int]:
 
 def run_of(checkpoint: Dict):
     """The training run's id a rank file carries (None for files written before ids)."""
-    shards = checkpoint.get(SHARDS_KEY) or checkpoint["model"].get(SHARDS_KEY) or {}
-    return shards.get("run")
+    return (shards_of(checkpoint) or {}).get("run")
 
 
 def check_one_run_one_update(files: List[Path], checkpoints: List[Dict]) -> None:
@@ -94,6 +93,9 @@ def consolidate(path: Path, output: Path, force: bool = False) -> int:
             f"{path.name}: give the merged file another name with --output"
         )
     files = rank_files(path, SHARD_SUFFIX if sharded else RANK_SUFFIX)
+    if output.resolve() in {f.resolve() for f in files}:
+        raise ValueError(f"--output {output} is one of the rank files being merged: give the "
+                         f"merged file a name of its own")
     # As fairseq wrote them (fairseq's own loader would turn the config into objects that
     # torch.load's default weights_only mode then refuses). This runs code the files hold:
     # merge only checkpoints you trust.

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
+import torch
 import torch.distributed as dist
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
@@ -24,7 +25,7 @@ from omegaconf import open_dict
 
 from ..checkpoint.expert_state import parallel_experts, rank_share, shards_entry
 from ..checkpoint.layout import (CONSOLIDATE, MERGED_KEY, PENDING, RANK_SUFFIX, SHARDS_KEY,
-                                 rank_files_of, rank_part)
+                                 rank_files_of, rank_part, shards_of)
 
 logger = logging.getLogger("fairseq_smlp.trainer.checkpoints")
 
@@ -116,6 +117,7 @@ def _load_checkpoint(trainer, filename, *args, **kwargs):
         reset_optimizer = args[0] if args else kwargs.get("reset_optimizer", False)
         if not reset_optimizer:
             check_not_resuming_a_merge(filename, extra_state)
+        check_not_past_max_update(trainer, filename)
         return extra_state
     check_every_rank_finds_its_file(Path(filename))
     with open_dict(trainer.cfg.checkpoint):
@@ -125,6 +127,7 @@ def _load_checkpoint(trainer, filename, *args, **kwargs):
     check_every_rank_resumed_the_same_state(trainer.get_num_updates(), run)
     if run is not None:
         trainer._expert_run_id = run  # the resumed run keeps its id
+    check_not_past_max_update(trainer, filename)
     return extra_state
 
 
@@ -176,11 +179,25 @@ def check_not_resuming_a_merge(filename: str, extra_state: Optional[dict]) -> No
 
 
 def check_every_rank_finds_its_file(path: Path) -> None:
-    """Every rank calls this together. If some ranks find their file and others not, the others
-    would start over while the first wait for them in the first exchange; each rank stops with
-    the same error instead."""
+    """Every rank calls this together, before any other exchange of the load. If some ranks
+    find their file and others not, the others would start over while the first wait for them
+    in the first exchange; if a file is not its rank's share of a run of this many ranks (a
+    merged or single-process checkpoint copied over it, another rank's file), its rank would
+    skip the exchange of the shared weights that the others enter. Each rank stops with the
+    same error instead."""
     found = [None] * dist.get_world_size()
-    dist.all_gather_object(found, path.is_file())
+    problem = not_this_ranks_share(path) if path.is_file() else None
+    dist.all_gather_object(found, (path.is_file(), problem))
+    problems = [f"rank {rank}: {problem}" for rank, (_, problem) in enumerate(found) if problem]
+    if problems:
+        raise ValueError(
+            f"cannot resume {len(found)} ranks from {path.parent}: {'; '.join(problems)}. "
+            f"Every rank needs its own -rank-R file of one run: put back a set all ranks wrote "
+            f"(e.g. copy checkpoint_best-rank-R.pt over checkpoint_last-rank-R.pt on every "
+            f"rank), or start from a merged file with --finetune-from-model (and another "
+            f"--save-dir)"
+        )
+    found = [exists for exists, _ in found]
     if all(found):
         return
     plain = path.with_name(re.sub(rf"{RANK_SUFFIX}\d+$", "", path.stem) + ".pt")
@@ -197,6 +214,38 @@ def check_every_rank_finds_its_file(path: Path) -> None:
             f"({path.name}): the files were written by a run of another number of ranks; "
             f"resume on that many, or merge them with `{CONSOLIDATE}` and start from the merged "
             f"file with --finetune-from-model"
+        )
+
+
+def not_this_ranks_share(path: Path) -> Optional[str]:
+    """What is wrong with ``path`` as this rank's file of an expert-parallel run of this many
+    ranks, or None. A file without a rank suffix (--finetune-from-model) may be any whole
+    checkpoint: every rank then takes its rows of each expert."""
+    if not rank_part(path.stem):
+        return None
+    # Only the small entries are read: the tensors stay on disk (mmap).
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    merged = (checkpoint.get("extra_state") or {}).get(MERGED_KEY)
+    if merged:
+        return (f"{path.name} is the merge of {merged} rank files "
+                f"(consolidate_checkpoint), not one rank's share")
+    shards = shards_of(checkpoint)
+    if shards is None:
+        return f"{path.name} holds a whole model, not one rank's share"
+    if shards["world_size"] != dist.get_world_size() or shards["rank"] != dist.get_rank():
+        return f"{path.name} holds rank {shards['rank']} of a {shards['world_size']}-rank run"
+    return None
+
+
+def check_not_past_max_update(trainer, filename: str) -> None:
+    """fairseq-train resumed at or past --max-update would still train one update and overwrite
+    the last and best checkpoints."""
+    max_update = trainer.cfg.optimization.max_update
+    if max_update and trainer.get_num_updates() >= max_update:
+        raise ValueError(
+            f"{filename} was saved at update {trainer.get_num_updates()} and --max-update is "
+            f"{max_update}: the run is over. Raise --max-update to train on, or give another "
+            f"--save-dir to train afresh"
         )
 
 

@@ -2,6 +2,7 @@
 process over the same global batches, checkpoints that resume exactly and merge into one that a
 single process evaluates to the same validation loss, and a dead rank that stops the run."""
 
+import hashlib
 import os
 import re
 import shutil
@@ -281,3 +282,60 @@ def test_rank_files_of_two_runs_stop_every_rank(data_dir, rank_files, tmp_path):
     assert "the ranks resumed from checkpoints of different training runs" in log, log[-3000:]
     assert "rank 1 of run another run" in log
     assert "train_inner" not in log
+
+
+def checksums(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+
+
+def test_a_merge_copied_over_a_rank_file_stops_every_rank_before_any_exchange(data_dir,
+                                                                             rank_files,
+                                                                             tmp_path):
+    """The merge written beside the rank files, copied over rank 0's checkpoint_last: rank 0
+    would skip the exchange of the shared weights that rank 1 enters, and both would wait."""
+    save_dir = tmp_path / "run"
+    copy_rank_files(rank_files, save_dir)
+    consolidate_cli(save_dir / "checkpoint_last.pt")
+    shutil.copy(save_dir / "checkpoint_last.pt", save_dir / "checkpoint_last-rank-0.pt")
+    before = checksums(save_dir)
+    log = two_ranks(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, 6), check=False)
+    assert ("rank 0: checkpoint_last-rank-0.pt is the merge of 2 rank files "
+            "(consolidate_checkpoint), not one rank's share") in log, log[-3000:]
+    assert "rank 1:" not in log.split("cannot resume 2 ranks")[1].split("\n")[0]
+    assert "train_inner" not in log
+    assert checksums(save_dir) == before
+
+
+def test_resuming_at_or_past_max_update_is_refused_and_keeps_the_checkpoints(data_dir,
+                                                                             rank_files,
+                                                                             tmp_path):
+    save_dir = tmp_path / "run"
+    copy_rank_files(rank_files, save_dir)  # update 3
+    before = checksums(save_dir)
+    for max_update in (2, 3):
+        log = two_ranks(train_flags(data_dir, "smlp_deterministic_tiny", save_dir, max_update),
+                        check=False)
+        assert (f"checkpoint_last-rank-0.pt was saved at update 3 and --max-update is "
+                f"{max_update}: the run is over") in log, log[-3000:]
+        assert "train_inner" not in log
+    assert checksums(save_dir) == before
+
+
+def test_consolidation_never_writes_over_a_rank_file_it_reads(rank_files, tmp_path):
+    save_dir = tmp_path / "run"
+    copy_rank_files(rank_files, save_dir)
+    before = checksums(save_dir)
+    output = consolidate_cli(save_dir / "checkpoint_last.pt", "--output",
+                             save_dir / "checkpoint_last-rank-1.pt", "--force")
+    assert "checkpoint_last-rank-1.pt is one of the rank files being merged" in output, output
+    assert checksums(save_dir) == before
+
+
+def test_one_process_refuses_to_resume_past_max_update(data_dir, tmp_path):
+    save_dir = tmp_path / "run"
+    one_process(train_flags(data_dir, "gmlp_lm_tiny", save_dir, 2))
+    before = checksums(save_dir)
+    log = one_process(train_flags(data_dir, "gmlp_lm_tiny", save_dir, 1), check=False)
+    assert "checkpoint_last.pt was saved at update 2 and --max-update is 1: the run is over" \
+        in log, log[-3000:]
+    assert checksums(save_dir) == before
