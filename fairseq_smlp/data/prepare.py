@@ -1,15 +1,24 @@
-"""Split a corpus into train / valid / test, train a sentencepiece model on train and encode all
-three splits as space-separated pieces, ready for ``fairseq-preprocess --only-source``.
+"""Prepare a corpus for fairseq language modelling: split it into train / valid / test, train a
+sentencepiece model on train, encode all three splits as space-separated pieces and binarize them
+with ``fairseq-preprocess --only-source``.
+
+Everything is built in a scratch directory beside --dest and moved into --dest only once every
+step has succeeded, and only over what an earlier run wrote there: --dest must be new, empty or
+hold nothing but the files that its prepare_data.manifest lists.
 
 Used by examples/prepare_data.sh; run ``python -m fairseq_smlp.data.prepare --help``.
 """
 
 import argparse
 import logging
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Set
 
 import sentencepiece as spm
 
@@ -26,9 +35,19 @@ from .documents import (
 
 logger = logging.getLogger("fairseq_smlp.data.prepare")
 
+# The list of the files a run wrote into --dest, which the next run may replace, and the name
+# under which its next version is written before it takes the place of the last.
+MANIFEST = "prepare_data.manifest"
+NEXT_MANIFEST = MANIFEST + ".next"
+MANIFEST_HEADER = (
+    "# Written by examples/prepare_data.sh: the files it wrote into this directory, one a line.\n"
+    "# A later run with this --dest replaces them; it refuses a --dest holding any other file.\n"
+)
 # sentencepiece skips longer lines of its training text without a word (and fails with an
 # INTERNAL error when that leaves nothing), so longer paragraphs are refused beforehand.
 MAX_LINE_BYTES = 1 << 16
+# Files named in an error, before "and N more".
+NAMED_FILES = 5
 
 
 def load_splits(text_dir: Optional[Path], max_documents: int) -> Dict[str, List[Document]]:
@@ -121,9 +140,126 @@ def encode(processor: spm.SentencePieceProcessor, source: Path, target: Path) ->
     return count
 
 
+def write_splits(splits: Dict[str, List[Document]], work: Path, vocab_size: int) -> None:
+    """raw/, the sentencepiece model spm.* trained on raw/train.txt, and encoded/ in ``work``."""
+    raw_dir, encoded_dir = work / "raw", work / "encoded"
+    raw_dir.mkdir()
+    encoded_dir.mkdir()
+    for split, documents in splits.items():
+        write_raw(documents, raw_dir / f"{split}.txt")
+
+    model_prefix = work / "spm"
+    train_sentencepiece(raw_dir / "train.txt", model_prefix, vocab_size)
+    processor = spm.SentencePieceProcessor(model_file=f"{model_prefix}.model")
+    for split, documents in splits.items():
+        pieces = encode(processor, raw_dir / f"{split}.txt", encoded_dir / f"{split}.txt")
+        words = sum(len(text.split()) for _, text in documents)
+        logger.info(
+            f"{split}: {len(documents)} documents, {words} words, {pieces} sentencepiece tokens"
+        )
+
+
+def binarize(work: Path) -> None:
+    """fairseq-preprocess of work/encoded into work/bin."""
+    encoded = work / "encoded"
+    status = subprocess.run([
+        sys.executable, "-m", "fairseq_cli.preprocess", "--only-source",
+        "--trainpref", str(encoded / "train.txt"), "--validpref", str(encoded / "valid.txt"),
+        "--testpref", str(encoded / "test.txt"), "--destdir", str(work / "bin"),
+        "--workers", "2",
+    ]).returncode
+    if status != 0:
+        raise ValueError(f"fairseq-preprocess failed with exit status {status}; its output is "
+                         f"above")
+
+
+# ----------------------------------------------------------------------------- --dest
+
+
+def files_under(directory: Path) -> Set[str]:
+    """Every file under ``directory`` as a '/'-separated path relative to it: all but
+    directories, symbolic links included and not followed."""
+    def unreadable(error: OSError):
+        raise ValueError(f"--dest: cannot read {error.filename}: {error.strerror}")
+
+    files = set()
+    for root, dirs, names in os.walk(directory, onerror=unreadable):
+        base = Path(root)
+        for name in names + [name for name in dirs if (base / name).is_symlink()]:
+            files.add((base / name).relative_to(directory).as_posix())
+    return files
+
+
+def listed_files(dest: Path) -> Set[str]:
+    """The files that ``dest``'s MANIFEST lists; none without one."""
+    manifest = dest / MANIFEST
+    if not manifest.is_file():
+        return set()
+    return {line for line in manifest.read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#")}
+
+
+def own_files(dest: Path) -> Set[str]:
+    """The files in ``dest`` that an earlier run wrote, which a run may replace; any other file
+    there is an error that names it."""
+    if not dest.exists():
+        return set()
+    if not dest.is_dir():
+        raise ValueError(f"--dest {dest} is a file; give a directory (new, empty or written by "
+                         f"an earlier run)")
+    found, listed = files_under(dest) - {MANIFEST, NEXT_MANIFEST}, listed_files(dest)
+    others = sorted(found - listed)
+    if others:
+        files = f"{len(others)} files" if len(others) > 1 else "a file"
+        more = f" and {len(others) - NAMED_FILES} more" if len(others) > NAMED_FILES else ""
+        none = "" if (dest / MANIFEST).is_file() else " (there is none)"
+        raise ValueError(
+            f"--dest {dest} holds {files} that prepare_data did not write: "
+            f"{', '.join(others[:NAMED_FILES])}{more}; it replaces only the files that "
+            f"{dest / MANIFEST} lists from an earlier run{none}: give a new or empty --dest, or "
+            f"move {'those files' if len(others) > 1 else 'that file'} out of it"
+        )
+    return found & listed
+
+
+def write_manifest(dest: Path, files: Iterable[str]) -> None:
+    """``dest``'s MANIFEST listing ``files``, replaced in one step."""
+    staged = dest / NEXT_MANIFEST
+    staged.write_text(MANIFEST_HEADER + "".join(f"{path}\n" for path in sorted(files)),
+                      encoding="utf-8")
+    os.replace(staged, dest / MANIFEST)
+
+
+def install(work: Path, dest: Path) -> None:
+    """Move every entry of ``work`` into ``dest``, over the files of an earlier run there. At
+    every step the MANIFEST lists every file of either run that ``dest`` holds, so that a run cut
+    off half-way leaves a ``dest`` that the next run replaces."""
+    old = own_files(dest)  # again: a file may have come while the data was built
+    new = files_under(work)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_manifest(dest, old | new)
+    for path in sorted(old - new):
+        (dest / path).unlink()
+    for entry in sorted({path.split("/")[0] for path in new}):
+        target = dest / entry
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        shutil.move(work / entry, target)  # a copy where --dest is another file system
+    write_manifest(dest, new)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dest", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--dest", type=Path, required=True,
+        help=f"output directory: new, empty or written by an earlier run (its {MANIFEST} lists "
+        f"what that run wrote, which this one replaces)",
+    )
     parser.add_argument(
         "--text-dir",
         type=Path,
@@ -157,22 +293,19 @@ def main(argv=None) -> None:
 
 
 def prepare(args: argparse.Namespace) -> None:
+    """Check --dest and the corpus, build everything in a scratch directory beside --dest and
+    move it in once complete; a failed run leaves --dest as it was."""
+    own_files(args.dest)  # before any work: a --dest holding other files is refused at once
     splits = load_splits(args.text_dir, args.max_documents)
-    raw_dir, encoded_dir = args.dest / "raw", args.dest / "encoded"
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    encoded_dir.mkdir(parents=True, exist_ok=True)
-    for split, documents in splits.items():
-        write_raw(documents, raw_dir / f"{split}.txt")
-
-    model_prefix = args.dest / "spm"
-    train_sentencepiece(raw_dir / "train.txt", model_prefix, args.vocab_size)
-    processor = spm.SentencePieceProcessor(model_file=f"{model_prefix}.model")
-    for split, documents in splits.items():
-        pieces = encode(processor, raw_dir / f"{split}.txt", encoded_dir / f"{split}.txt")
-        words = sum(len(text.split()) for _, text in documents)
-        logger.info(
-            f"{split}: {len(documents)} documents, {words} words, {pieces} sentencepiece tokens"
-        )
+    parent = args.dest.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".prepare.", dir=parent))
+    try:
+        write_splits(splits, work, args.vocab_size)
+        binarize(work)
+        install(work, args.dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

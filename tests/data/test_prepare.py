@@ -1,5 +1,6 @@
-"""examples/prepare_data.sh on bad corpora: every split is checked before anything is written,
-and a failed run leaves an earlier --dest exactly as it was."""
+"""examples/prepare_data.sh on bad corpora and --dest directories: every split and --dest are
+checked before anything is written, a failed run leaves an earlier --dest exactly as it was, and
+a run replaces no file but those an earlier run wrote."""
 
 import hashlib
 import os
@@ -43,6 +44,10 @@ def refusal(*argv) -> str:
     with pytest.raises(SystemExit) as exit_info:
         prepare_main([str(arg) for arg in argv])
     return exit_info.value.code
+
+
+def scratch_left(directory: Path):
+    return [p.name for p in directory.iterdir() if p.name.startswith(".prepare")]
 
 
 def test_a_bad_corpus_leaves_an_existing_dest_as_it_was(data_dir, tmp_path):
@@ -109,3 +114,65 @@ def test_a_train_line_over_sentencepieces_limit_is_named(tmp_path):
         f"into lines of at most 65536 bytes, such as one paragraph a line")
     assert fingerprint(text) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]
+
+
+# What a run writes into --dest, as its manifest lists it.
+MANIFEST = "prepare_data.manifest"
+OUTPUTS = [
+    "bin/dict.txt", "bin/preprocess.log", "bin/test.bin", "bin/test.idx", "bin/train.bin",
+    "bin/train.idx", "bin/valid.bin", "bin/valid.idx", "encoded/test.txt", "encoded/train.txt",
+    "encoded/valid.txt", "raw/test.txt", "raw/train.txt", "raw/valid.txt", "spm.model",
+    "spm.vocab",
+]
+
+
+def listed(dest: Path):
+    return [line for line in (dest / MANIFEST).read_text().splitlines()
+            if not line.startswith("#")]
+
+
+def test_a_rerun_replaces_its_own_earlier_output(data_dir, tmp_path):
+    dest = tmp_path / "dest"
+    shutil.copytree(data_dir.parent, dest)  # an earlier run's output: 12 speeches, 300 pieces
+    assert listed(dest) == OUTPUTS
+    result = prepare(dest, corpus(tmp_path / "text"), "--vocab-size", "23")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(fingerprint(dest)) == sorted(OUTPUTS + [MANIFEST])
+    assert listed(dest) == OUTPUTS
+    assert (dest / "raw" / "train.txt").read_text() == GOOD + "\n"  # a document, then a blank
+    assert len((dest / "spm.vocab").read_text().splitlines()) == 23
+    assert scratch_left(tmp_path) == []
+
+
+def test_a_dest_holding_files_it_did_not_write_is_refused_and_kept(data_dir, tmp_path):
+    dest = tmp_path / "dest"
+    shutil.copytree(data_dir.parent, dest)
+    (dest / "bin" / "myscript.sh").write_text("echo mine\n")
+    (dest / "notes.md").write_text("my notes\n")
+    before = fingerprint(dest)
+    result = prepare(dest, corpus(tmp_path / "text"), "--vocab-size", "23")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"prepare_data: --dest {dest} holds 2 files that prepare_data did not write: "
+        f"bin/myscript.sh, notes.md; it replaces only the files that {dest / MANIFEST} lists "
+        f"from an earlier run: give a new or empty --dest, or move those files out of it")
+    assert fingerprint(dest) == before
+    assert scratch_left(tmp_path) == []
+
+
+def test_a_home_directory_as_dest_is_refused_and_kept(tmp_path):
+    home = tmp_path / "home"
+    for name in ("bin/myscript.sh", "bin/tool", ".bashrc", "notes.md", "raw/draft.txt",
+                 "spm.model", "projects/a/main.py"):
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text(f"{name}\n")
+    (home / "link").symlink_to(home / "projects")  # named, not followed
+    before = fingerprint(home)
+    message = refusal("--dest", home, "--text-dir", corpus(tmp_path / "text"))
+    assert message == (
+        f"prepare_data: --dest {home} holds 8 files that prepare_data did not write: .bashrc, "
+        f"bin/myscript.sh, bin/tool, link, notes.md and 3 more; it replaces only the files that "
+        f"{home / MANIFEST} lists from an earlier run (there is none): give a new or empty "
+        f"--dest, or move those files out of it")
+    assert fingerprint(home) == before and (home / "link").is_symlink()
+    assert scratch_left(tmp_path) == []
