@@ -12,8 +12,11 @@ fairseq-eval-lm's output for the run's last checkpoint under ``--task partial_pr
 (the perplexity over the trailing positions of every block, on which every system is ranked
 when every run has it) and ``zero_shot/<task>.json``. The report writes ``results.md`` (the
 table of means and min-max spreads over the seeds, also printed), ``results.json`` (the same
-figures, each seed's and each validation curve) and two plots, ``valid_ppl_vs_time.png`` and
-``valid_ppl_vs_updates.png``, a band over the seeds around each system's mean curve.
+figures, each seed's and each validation curve, in strict JSON: null for a perplexity that is
+NaN or infinite) and two plots, ``valid_ppl_vs_time.png`` and ``valid_ppl_vs_updates.png``, a band
+over the seeds around each system's mean curve. A seed whose final validation or trailing
+perplexity is NaN or infinite diverged: it is named in the table and left out of its system's
+figures.
 """
 
 import argparse
@@ -57,6 +60,7 @@ SYSTEM_NUMBER_KEYS = ("train_flops_per_token", "total_params", "active_params",
                       "tokens_per_sample")
 
 NEVER = "—"
+DIVERGED = "diverged"
 PARTIAL_MARK, INCOMPLETE_MARK = "‡", "†"
 COUNT_SUFFIXES = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
 FLOP_UNITS = ((1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "KFLOPs"), (1.0, "FLOPs"))
@@ -178,6 +182,7 @@ class Row(Figures):
 
     system: str
     seed: Optional[int]
+    diverged: bool  # its final validation or trailing perplexity is NaN or infinite
     arch: str
     task: str
     final_valid_ppl: float
@@ -199,34 +204,41 @@ class Row(Figures):
 
 @dataclass(frozen=True)
 class SystemRow(Figures):
-    """A system's figures over its seeds."""
+    """A system's figures over its seeds that did not diverge; None, every one of them, when
+    all seeds diverged."""
 
     system: str
     arch: str
     task: str
-    seeds: int
-    final_valid_ppl: Spread
-    best_valid_ppl: Spread
+    seeds: int  # every seed run
+    finite_seeds: int  # the seeds that did not diverge, which the figures are over
+    final_valid_ppl: Optional[Spread]
+    best_valid_ppl: Optional[Spread]
     trailing_ppl: Optional[Spread]  # None unless every seed was scored
-    num_updates: Spread
+    num_updates: Optional[Spread]
     tokens_per_second: Optional[Spread]
-    train_seconds: Spread
+    train_seconds: Optional[Spread]
     total_params: float
     active_params: float
     train_flops_per_token: float
-    reached: int  # seeds that reached the reference's perplexity
+    reached: int  # seeds (of finite_seeds) that reached the reference's perplexity
     seconds_to_reference: Optional[Spread]  # None unless every seed reached it
     speedup: Optional[Spread]
     log_complete: bool  # every seed's
     prediction_fraction: Optional[float]
-    runs: List[Row]
+    runs: List[Row]  # every seed's, a diverged one's included
+
+    @property
+    def diverged(self) -> bool:
+        """Every seed diverged: the system has no figures."""
+        return self.finite_seeds == 0
 
 
 @dataclass(frozen=True)
 class Report:
     rows: List[SystemRow]  # in rank order (see rank)
     reference: Optional[str]
-    reference_ppl: Optional[float]  # the perplexity every system is timed to reach
+    reference_ppl: Optional[float]  # what every system is timed to reach; None: nothing (timed)
     ranked_on_trailing: bool  # every run has its trailing perplexity
     zero_shot: Dict[str, Dict[str, TaskScore]]  # system -> task -> score, in the rows' order
 
@@ -273,12 +285,21 @@ def is_partial(run: Run) -> bool:
     return run.system["task"] == PARTIAL_LM
 
 
+def diverged(run: Run) -> bool:
+    """Whether the run ended in a NaN or infinite perplexity: its final validation's, or its
+    trailing one."""
+    return not math.isfinite(run.log.valid[-1].ppl) or (
+        run.trailing_ppl is not None and not math.isfinite(run.trailing_ppl))
+
+
 def reference_target(runs: Dict[str, List[Run]], reference: Optional[str]) -> Optional[float]:
     """The perplexity every system is timed to reach: the highest final validation perplexity
-    of the reference's seeds, which each of them reached."""
+    of the reference's seeds that did not diverge, which each of them reached; None when every
+    one diverged."""
     if reference is None:
         return None
-    return max(run.log.valid[-1].ppl for run in runs[reference])
+    return max((run.log.valid[-1].ppl for run in runs[reference] if not diverged(run)),
+               default=None)
 
 
 def seed_row(run: Run, target: Optional[float]) -> Row:
@@ -295,6 +316,7 @@ def seed_row(run: Run, target: Optional[float]) -> Row:
     return Row(
         system=run.name,
         seed=run.seed,
+        diverged=diverged(run),
         arch=system["arch"],
         task=system["task"],
         final_valid_ppl=log.valid[-1].ppl,
@@ -317,16 +339,19 @@ def seed_row(run: Run, target: Optional[float]) -> Row:
 
 
 def system_row(rows: List[Row]) -> SystemRow:
+    """The figures over the seeds that did not diverge."""
     first = rows[0]
+    finite = [row for row in rows if not row.diverged]
 
     def spread(field: str) -> Optional[Spread]:
-        return Spread.of([getattr(row, field) for row in rows])
+        return Spread.of([getattr(row, field) for row in finite])
 
     return SystemRow(
         system=first.system,
         arch=first.arch,
         task=first.task,
         seeds=len(rows),
+        finite_seeds=len(finite),
         final_valid_ppl=spread("final_valid_ppl"),
         best_valid_ppl=spread("best_valid_ppl"),
         trailing_ppl=spread("trailing_ppl"),
@@ -337,7 +362,7 @@ def system_row(rows: List[Row]) -> SystemRow:
         total_params=first.total_params,
         active_params=first.active_params,
         train_flops_per_token=first.train_flops_per_token,
-        reached=sum(row.seconds_to_reference is not None for row in rows),
+        reached=sum(row.seconds_to_reference is not None for row in finite),
         seconds_to_reference=spread("seconds_to_reference"),
         speedup=spread("speedup"),
         log_complete=all(row.log_complete for row in rows),
@@ -349,10 +374,12 @@ def system_row(rows: List[Row]) -> SystemRow:
 def rank(rows: List[SystemRow], on_trailing: bool) -> List[SystemRow]:
     """By mean trailing perplexity when every system has one; else by mean final validation
     perplexity, partial-prediction systems (whose validation covers the trailing positions
-    only) after the others."""
+    only) after the others; systems whose every seed diverged last."""
     def key(row: SystemRow):
-        ppl = row.trailing_ppl.mean if on_trailing else row.final_valid_ppl.mean
-        return (not on_trailing and row.partial, not math.isfinite(ppl), ppl, row.system)
+        figure = row.trailing_ppl if on_trailing else row.final_valid_ppl
+        ppl = math.inf if figure is None else figure.mean
+        return (row.diverged, not on_trailing and row.partial, not math.isfinite(ppl), ppl,
+                row.system)
 
     return sorted(rows, key=key)
 
@@ -384,16 +411,19 @@ def summarize(runs: Dict[str, List[Run]], reference: Optional[str] = None) -> Re
     reference = choose_reference(runs, reference)
     target = reference_target(runs, reference)
     seed_rows = {name: [seed_row(run, target) for run in seeds] for name, seeds in runs.items()}
-    times = [row.seconds_to_reference for row in seed_rows.get(reference, [])]
+    times = [row.seconds_to_reference for row in seed_rows.get(reference, [])
+             if not row.diverged]
     if times and all(seconds is not None for seconds in times):
         reference_seconds = statistics.fmean(times)
         seed_rows = {name: [replace(row, speedup=None if not row.seconds_to_reference
                                     else reference_seconds / row.seconds_to_reference)
                             for row in seeds] for name, seeds in seed_rows.items()}
     rows = [system_row(seeds) for seeds in seed_rows.values()]
-    on_trailing = all(row.trailing_ppl is not None for row in rows)
+    finite = [row for row in rows if not row.diverged]
+    on_trailing = bool(finite) and all(row.trailing_ppl is not None for row in finite)
     rows = rank(rows, on_trailing)
-    zero_shot = {row.system: mean_zero_shot(runs[row.system]) for row in rows}
+    zero_shot = {row.system: mean_zero_shot([run for run in runs[row.system]
+                                             if not diverged(run)]) for row in rows}
     return Report(rows, reference, target, on_trailing, zero_shot)
 
 
@@ -440,6 +470,26 @@ def ppl_text(ppl: float) -> str:
     return f"{ppl:.2f}"
 
 
+def ppl_cell(row: SystemRow, spread: Optional[Spread]) -> str:
+    return DIVERGED if row.diverged else spread_cell(spread, ppl_text)
+
+
+def seeds_cell(row: SystemRow) -> str:
+    """'3'; '2 of 3 (seed 2 diverged)' where seeds diverged: the figures are over the others."""
+    if row.finite_seeds == row.seeds:
+        return str(row.seeds)
+    seeds = [str(run.seed) for run in row.runs if run.diverged and run.seed is not None]
+    which = (DIVERGED if not seeds else
+             f"seed {seeds[0]} {DIVERGED}" if len(seeds) == 1 else
+             f"seeds {', '.join(seeds[:-1])} and {seeds[-1]} {DIVERGED}")
+    return f"{row.finite_seeds} of {row.seeds} ({which})"
+
+
+def timed(report: Report) -> bool:
+    """Whether the systems are timed to a perplexity of the reference's."""
+    return report.reference is not None and report.reference_ppl is not None
+
+
 def markdown(report: Report, written: date) -> str:
     rows = report.rows
     scale, unit = flops_unit([row.train_flops_per_token for row in rows])
@@ -448,7 +498,7 @@ def markdown(report: Report, written: date) -> str:
         "updates", "tokens/s", "params (total)", "params (active)", f"train {unit}/token",
         "wall-clock",
     ]
-    if report.reference:
+    if timed(report):
         header += [f"time to ppl {report.reference_ppl:.2f} ({report.reference})", "speed-up"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -456,17 +506,17 @@ def markdown(report: Report, written: date) -> str:
             "" if row.log_complete else INCOMPLETE_MARK
         )
         cells = [
-            row.system + marks, row.arch, str(row.seeds),
-            spread_cell(row.final_valid_ppl, ppl_text), spread_cell(row.trailing_ppl, ppl_text),
+            row.system + marks, row.arch, seeds_cell(row),
+            ppl_cell(row, row.final_valid_ppl), ppl_cell(row, row.trailing_ppl),
             spread_cell(row.num_updates, lambda n: f"{n:,.0f}"),
             spread_cell(row.tokens_per_second, lambda n: f"{n:,.0f}"),
             human_count(row.total_params), human_count(row.active_params),
             f"{row.train_flops_per_token / scale:.2f}",
             spread_cell(row.train_seconds, human_duration),
         ]
-        if report.reference:
+        if timed(report):
             if row.seconds_to_reference is None and 0 < row.reached:
-                cells += [f"{row.reached} of {row.seeds} seeds", NEVER]
+                cells += [f"{row.reached} of {row.finite_seeds} seeds", NEVER]
             else:
                 cells += [spread_cell(row.seconds_to_reference, human_duration),
                           spread_cell(row.speedup, lambda x: f"{x:.2f}", "x")]
@@ -513,7 +563,7 @@ def notes(report: Report) -> List[str]:
         f"checkpoints included. Parameters and training FLOPs per token: each run's "
         f"system.json (`python -m fairseq_smlp.comparison.flops`).",
     ]
-    if report.reference:
+    if timed(report):
         highest = " (the highest of its seeds', which each of them reached)" if several else ""
         text.append(
             f"Time to ppl {report.reference_ppl:.2f}: the wall-clock at which a run reached "
@@ -522,10 +572,23 @@ def notes(report: Report) -> List[str]:
             f"seeds\": only k seeds did, and no mean is given); speed-up: {report.reference}'s "
             f"mean time to that perplexity over the run's."
         )
+    elif report.reference:
+        text.append(
+            f"No time to a perplexity: every seed of {report.reference}, the reference, "
+            f"diverged; pass --reference NAME for the time each system took to reach NAME's "
+            f"final validation perplexity."
+        )
     else:
         text.append(
             f"No reference system ({DEFAULT_REFERENCE} is not among the runs): pass --reference "
             f"NAME for the time each system took to reach NAME's final validation perplexity."
+        )
+    if any(row.finite_seeds < row.seeds for row in report.rows):
+        text.append(
+            f"{DIVERGED.capitalize()}: a seed whose final validation perplexity, or trailing "
+            f"one, is NaN or infinite. It is named in the seeds column and left out of every "
+            f"figure of its system, which are over the other seeds (\"2 of 3\": over 2 of the "
+            f"3 seeds run); a system all of whose seeds diverged has no figure and comes last."
         )
     for row in report.rows:
         if row.partial:
@@ -549,8 +612,20 @@ def notes(report: Report) -> List[str]:
     return "\n\n".join(text).split("\n")
 
 
+def strict(value):
+    """``value`` with every NaN or infinite float as None, which JSON can hold."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(item) for item in value]
+    return value
+
+
 def results_json(report: Report, runs_dir: Path, written: date) -> dict:
-    return {
+    """The report's figures; a NaN or infinite perplexity is None (a diverged seed's)."""
+    return strict({
         "written": written.isoformat(),
         "runs_dir": str(runs_dir),
         "reference": report.reference,
@@ -560,7 +635,7 @@ def results_json(report: Report, runs_dir: Path, written: date) -> dict:
         "zero_shot": {system: {task: asdict(score) for task, score in tasks.items()}
                       for system, tasks in report.zero_shot.items()},
         "regime": None if (check := regime_check(report)) is None else asdict(check),
-    }
+    })
 
 
 # ----------------------------------------------------------------------------- plots
@@ -574,9 +649,10 @@ def finite_curve(row: Row, x_of: Callable[[ValidPoint], float]) -> Tuple[np.ndar
 
 def seed_band(row: SystemRow, x_of: Callable[[ValidPoint], float]):
     """(x, mean, low, high) of the seeds' perplexities on a grid over the span every seed
-    covers, each curve interpolated in log-perplexity; the mean is geometric. Seeds without a
-    finite validation are left out; None when no seed has one."""
-    curves = [curve for curve in (finite_curve(run, x_of) for run in row.runs) if curve[0].size]
+    covers, each curve interpolated in log-perplexity; the mean is geometric. Seeds that
+    diverged or have no finite validation are left out; None when no seed is left."""
+    curves = [curve for curve in (finite_curve(run, x_of) for run in row.runs
+                                  if not run.diverged) if curve[0].size]
     if not curves:
         return None
     start = max(xs[0] for xs, _ in curves)
@@ -597,17 +673,22 @@ def plot_valid_ppl(
         if row.partial:
             label += f" (trailing {row.prediction_fraction:.0%} only)"
         style = "--" if row.partial else "-"
-        if row.seeds == 1:
-            x, log_ppl = finite_curve(row.runs[0], x_of)
+        if row.finite_seeds < row.seeds:
+            label += f", {row.finite_seeds} of {row.seeds} seeds (the rest {DIVERGED})"
+        elif row.seeds > 1:
+            label += f", {row.seeds} seeds"
+        if row.finite_seeds == 1:
+            run = next(run for run in row.runs if not run.diverged)
+            x, log_ppl = finite_curve(run, x_of)
             axes.plot(x, np.exp(log_ppl), marker="o", markersize=3, linestyle=style, label=label)
             continue
         band = seed_band(row, x_of)
         if band is None:
             continue
         x, mean, low, high = band
-        line, = axes.plot(x, mean, linestyle=style, label=f"{label}, {row.seeds} seeds")
+        line, = axes.plot(x, mean, linestyle=style, label=label)
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    if report.reference:
+    if timed(report):
         axes.axhline(report.reference_ppl, color="grey", linestyle=":", linewidth=1,
                      label=f"{report.reference}'s final")
     axes.set_yscale("log")
@@ -625,7 +706,7 @@ def plot_valid_ppl(
 
 
 def plot_both(report: Report, out_dir: Path) -> None:
-    longest = max(row.train_seconds.max for row in report.rows)
+    longest = max(run.train_seconds for row in report.rows for run in row.runs)
     scale, unit = next(((s, u) for s, u in TIME_UNITS if longest >= 2 * s), TIME_UNITS[-1])
     plot_valid_ppl(report, out_dir / PLOT_VS_TIME, lambda point: point.seconds / scale,
                    f"wall-clock training time ({unit})")
@@ -670,7 +751,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     table = markdown(report, written)
     (out_dir / RESULTS_MD).write_text(table)
     (out_dir / RESULTS_JSON).write_text(
-        json.dumps(results_json(report, args.runs_dir, written), indent=2) + "\n"
+        json.dumps(results_json(report, args.runs_dir, written), indent=2, allow_nan=False)
+        + "\n"
     )
     plot_both(report, out_dir)
     print(table)

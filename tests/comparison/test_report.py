@@ -648,3 +648,97 @@ def test_runs_with_a_one_expert_twin_get_the_regime_check(tmp_path):
     # The perplexities pass through eval-lm's four-decimal base-2 loss.
     assert check["informative"] is False and check["gains"][0]["ratio"] == pytest.approx(
         92.5 / 90.7, rel=1e-4)
+
+
+def diverging(ppl):
+    """A seed whose loss blew up at its last validation: ``ppl`` is NaN or infinite."""
+    return [train_inner(1, 100, 10), valid(1, 100, 70.0), train_inner(1, 200, 20),
+            valid(1, 200, ppl), train_epoch(1, 200, 21, 2048, 18), DONE]
+
+
+def strict_json(text):
+    """json.loads, refusing the NaN and Infinity that Python's json writes by default."""
+    def refuse(constant):
+        raise ValueError(f"{constant} in results.json")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverged_seed_is_named_and_left_out_of_its_systems_figures(tmp_path):
+    """Seeds 1 and 2 of each system as in the tests above, a third that ends in NaN or inf, and
+    smlp_wide, all of whose seeds diverged. The transformer's diverged seed is no part of the
+    perplexity every run is timed to reach (52, seed 2's), nor of its time to reach it."""
+    runs = tmp_path / "runs"
+    for name in ("transformer", "smlp_deterministic"):
+        write_seed(runs, name, 1, LOGS[name])
+        write_seed(runs, name, 3, SECOND_SEED[name])
+    write_seed(runs, "transformer", 2, diverging(math.inf))
+    write_seed(runs, "smlp_deterministic", 2, diverging(math.nan))
+    write_seed(runs, "smlp_wide", 1, diverging(math.nan), system="smlp_deterministic")
+    write_seed(runs, "smlp_wide", 2, diverging(math.inf), system="smlp_deterministic")
+    main([str(runs)])
+
+    rows = {row["system"]: row for row in table((runs / "results.md").read_text())}
+    assert list(rows) == ["smlp_deterministic", "transformer", "smlp_wide"]
+    reach = "time to ppl 52.00 (transformer)"
+    # The transformer's seeds 1 and 3 reach 52 at 53.8 s (between 55 and 50) and 30 s.
+    transformer_times = (42 + math.log(55 / 52) / math.log(55 / 50) * 20, 30)
+    transformer_seconds = sum(transformer_times) / 2
+    speedups = sorted(transformer_seconds / t for t in (
+        18 + math.log(70 / 52) / math.log(70 / 49.5) * 12,
+        10 + math.log(60 / 52) / math.log(60 / 51) * 10))
+    deterministic = rows["smlp_deterministic"]
+    assert deterministic["seeds"] == "2 of 3 (seed 2 diverged)"
+    assert deterministic["valid ppl (final)"] == "48.00 (45.00–51.00)"
+    assert deterministic["updates"] == "300 (200–400)"
+    assert deterministic["speed-up"] == (
+        f"{sum(speedups) / 2:.2f}x ({speedups[0]:.2f}–{speedups[1]:.2f}x)")
+    assert rows["transformer"]["seeds"] == "2 of 3 (seed 2 diverged)"
+    assert rows["transformer"]["valid ppl (final)"] == "51.00 (50.00–52.00)"
+    assert rows["transformer"]["speed-up"] == (  # 41.9 s over 53.8 s and over 30 s
+        f"1.09x ({transformer_seconds / transformer_times[0]:.2f}–"
+        f"{transformer_seconds / transformer_times[1]:.2f}x)")
+    assert rows["smlp_wide"] == {
+        "system": "smlp_wide", "arch": "smlp_deterministic_tiny",
+        "seeds": "0 of 2 (seeds 1 and 2 diverged)", "valid ppl (final)": "diverged",
+        "valid ppl (trailing)": "diverged", "updates": "—", "tokens/s": "—",
+        "params (total)": "3.5M", "params (active)": "1.1M", "train MFLOPs/token": "2.52",
+        "wall-clock": "—", reach: "—", "speed-up": "—",
+    }
+    assert ("Diverged: a seed whose final validation perplexity, or trailing one, is NaN or "
+            "infinite.") in (runs / "results.md").read_text()
+
+    results = strict_json((runs / "results.json").read_text())
+    assert results["reference_valid_ppl"] == 52.0
+    systems = results["systems"]
+    deterministic = systems["smlp_deterministic"]
+    assert (deterministic["seeds"], deterministic["finite_seeds"]) == (3, 2)
+    assert deterministic["final_valid_ppl"]["values"] == [45.0, 51.0]
+    assert [run["diverged"] for run in deterministic["runs"]] == [False, True, False]
+    assert deterministic["runs"][1]["final_valid_ppl"] is None
+    assert [point["ppl"] for point in deterministic["runs"][1]["valid"]] == [70.0, None]
+    wide = systems["smlp_wide"]
+    assert (wide["seeds"], wide["finite_seeds"], wide["final_valid_ppl"]) == (2, 0, None)
+    assert [run["best_valid_ppl"] for run in wide["runs"]] == [70.0, 70.0]
+    assert [run["final_valid_ppl"] for run in wide["runs"]] == [None, None]
+    for name in ("valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"):
+        assert (runs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_reference_whose_every_seed_diverged_times_no_system(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "transformer", log_lines=diverging(math.nan))
+    write_run(runs, "smlp_deterministic")
+    main([str(runs)])
+    markdown = (runs / "results.md").read_text()
+    rows = {row["system"]: row for row in table(markdown)}
+    assert list(rows) == ["smlp_deterministic", "transformer"]
+    assert rows["transformer"]["seeds"] == "0 of 1 (diverged)"
+    assert rows["transformer"]["valid ppl (final)"] == "diverged"
+    assert rows["smlp_deterministic"]["valid ppl (final)"] == "45.00"
+    assert all(not key.startswith("time to") and key != "speed-up" for key in rows["transformer"])
+    assert ("No time to a perplexity: every seed of transformer, the reference, diverged; pass "
+            "--reference NAME") in markdown
+    results = strict_json((runs / "results.json").read_text())
+    assert results["reference"] == "transformer" and results["reference_valid_ppl"] is None
+    assert results["systems"]["transformer"]["runs"][0]["final_valid_ppl"] is None
