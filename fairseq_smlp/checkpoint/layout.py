@@ -11,6 +11,7 @@ beside the model state. A merge of either set into one file (``merge.py``) carri
 """
 
 import re
+import zipfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -48,3 +49,24 @@ def shards_of(checkpoint: dict) -> Optional[dict]:
     """The SHARDS_KEY entry of a rank file (beside the model state under fully_sharded, inside
     it otherwise); None for a whole checkpoint."""
     return checkpoint.get(SHARDS_KEY) or (checkpoint.get("model") or {}).get(SHARDS_KEY)
+
+
+def is_complete(path: Path) -> bool:
+    """torch.save writes a zip archive, whose directory comes last: a file cut short (a save
+    killed midway, a partial copy) has none."""
+    return zipfile.is_zipfile(path)
+
+
+def check_loadable(path: Path) -> None:
+    """Stop with one line where ``path``, a checkpoint for one process, cannot be loaded: it
+    is missing (and only a spread run's rank files are there), or cut short."""
+    if not path.exists():
+        found = sorted(path.parent.glob(f"{path.stem}{RANK_SUFFIX}*.pt"))
+        if found:
+            raise FileNotFoundError(
+                f"{path} does not exist, but {len(found)} rank files of an expert-parallel run "
+                f"do ({found[0].name}, ...): merge them into it with `{CONSOLIDATE} {path}`")
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not is_complete(path):
+        raise ValueError(f"{path} is not a complete checkpoint (a save or copy cut short?): "
+                         f"give another one, e.g. checkpoint_best.pt or an epoch's checkpoint")

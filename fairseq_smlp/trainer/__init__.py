@@ -10,7 +10,9 @@ Experts spread over ranks (``distributed/expert_placement.py``) need fairseq-tra
 
 And fairseq's own datasets need ``numpy.compat`` back under NumPy 2 (``numpy_compat.py``), and
 its ``--bf16`` must not mean a TPU (``bf16.py``); third-party warnings a user cannot act on are
-filtered (``quiet_log.py``).
+filtered (``quiet_log.py``). Where fairseq loads a checkpoint to evaluate it, or a split of
+binarized data, a wrong file stops with one line (``model_loading.py``, ``datasets.py``), and
+the plugin's own errors print as one line, not a traceback (``one_line_errors.py``).
 
 ``install`` makes these changes once, when the package is imported (``--user-dir`` imports it).
 Each expert change keys on the ``expert_placement`` mark that a parallel placement puts on its
@@ -20,9 +22,12 @@ fairseq has it.
 
 from .bf16 import install_bf16_on_any_device
 from .checkpoints import install_per_rank_checkpoints
+from .datasets import install_dataset_checks
 from .grad_norm import install_expert_grad_norm
 from .mixed_precision import install_expert_fp32_copies
+from .model_loading import install_model_loading_checks
 from .numpy_compat import install_numpy_compat
+from .one_line_errors import install_one_line_errors
 from .quiet_log import install_quiet_log
 
 
@@ -33,3 +38,6 @@ def install() -> None:
     install_numpy_compat()
     install_bf16_on_any_device()
     install_quiet_log()
+    install_model_loading_checks()
+    install_dataset_checks()
+    install_one_line_errors()

@@ -8,11 +8,12 @@ already has every rank save and load its own ``-shardR`` file; the plugin then o
 entry that says which experts those are, next to the model state.
 """
 
+import errno
 import logging
 import os
 import re
+import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -23,9 +24,10 @@ from fairseq.file_io import PathManager
 from fairseq.trainer import Trainer
 from omegaconf import open_dict
 
+from ..checkpoint.dictionary import DICTIONARY_KEY, fingerprint
 from ..checkpoint.expert_state import parallel_experts, rank_share, shards_entry
 from ..checkpoint.layout import (CONSOLIDATE, MERGED_KEY, PENDING, RANK_SUFFIX, SHARDS_KEY,
-                                 rank_files_of, rank_part, shards_of)
+                                 is_complete, rank_files_of, rank_part, shards_of)
 
 logger = logging.getLogger("fairseq_smlp.trainer.checkpoints")
 
@@ -57,6 +59,9 @@ def run_id(trainer) -> str:
 
 def _state_dict(trainer):
     state = _fairseq["state_dict"](trainer)
+    dictionary = getattr(trainer.task, "source_dictionary", None)
+    if dictionary is not None:
+        state[DICTIONARY_KEY] = fingerprint(dictionary, trainer.cfg.task.get("data"))
     experts = parallel_experts(trainer.get_model())
     if not experts:
         return state
@@ -79,6 +84,25 @@ def _suffix(trainer) -> str:
 
 
 def _save_checkpoint_set(cfg, trainer, epoch_itr, val_loss):
+    """A save that runs out of disk (or of the file-size limit) says so in one line: fairseq
+    writes each file under a temporary name first (NAME.pt.tmp), so the checkpoints saved before
+    are intact; the partial file is removed."""
+    started = time.time()
+    try:
+        return _save_pending_set(cfg, trainer, epoch_itr, val_loss)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        for partial in Path(cfg.save_dir).glob("*.pt*.tmp"):
+            if partial.stat().st_mtime >= started - 1:
+                partial.unlink()
+        raise OSError(error.errno, (
+            f"writing a checkpoint to {cfg.save_dir} failed: {error.strerror or error}. The "
+            f"checkpoints saved before are intact: free disk space or give another --save-dir, "
+            f"and resume")) from error
+
+
+def _save_pending_set(cfg, trainer, epoch_itr, val_loss):
     """fairseq's checkpoint_utils.save_checkpoint, which writes one file and copies it to the
     save's other names (checkpoint_last among them). With spread experts every one of them is
     written under a pending name, and the ranks switch to the new set together once all have
@@ -135,11 +159,11 @@ def intact_or_fallback(path: Path) -> Path:
     """``path``, or if it is cut short (a save killed midway) the newest intact checkpoint
     beside it of the same rank, with a warning. torch.save writes a zip archive, whose directory
     comes last: a truncated file has none."""
-    if not path.is_file() or zipfile.is_zipfile(path):
+    if not path.is_file() or is_complete(path):
         return path
     candidates = [p for p in path.parent.glob("checkpoint*.pt")
                   if p != path and rank_part(p.stem) == rank_part(path.stem)
-                  and zipfile.is_zipfile(p)]
+                  and is_complete(p)]
     if not candidates:
         raise ValueError(f"{path} is not a complete checkpoint (a save cut short?) and no intact "
                          f"checkpoint is beside it: remove it to start over")

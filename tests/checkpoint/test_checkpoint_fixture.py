@@ -19,13 +19,15 @@ from fairseq_smlp.checkpoint.merge import consolidate
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_0c33807"
 
 
-def test_rank_files_of_an_older_run_merge_and_give_the_same_logits(tmp_path):
+def test_rank_files_of_an_older_run_merge_and_give_the_same_logits(tmp_path, caplog):
     for rank_file in FIXTURE.glob("checkpoint_best-rank-*.pt"):
         shutil.copy(rank_file, tmp_path)
     merged = tmp_path / "checkpoint_best.pt"
     assert consolidate(merged, merged) == 2
     models, _, _ = checkpoint_utils.load_model_ensemble_and_task(
         [str(merged)], arg_overrides={"data": str(FIXTURE)})
+    # Written before checkpoints carried their dictionary's fingerprint: loaded, with a warning.
+    assert "was written without a fingerprint of its dictionary" in caplog.text
     expected = torch.load(FIXTURE / "expected.pt")
     with torch.no_grad():
         logits = models[0].eval()(expected["tokens"])[0].float()
