@@ -36,7 +36,8 @@
 # resumed run appends to it), system.json (its FLOPs and parameters), checkpoints, and
 # valid_trailing.log, fairseq-eval-lm's perplexity of the last checkpoint over the trailing 80%
 # of each validation block (--task partial_prediction_lm), the column on which every system,
-# smlp_partial included, is ranked. Perplexities on this corpus are per token of its own
+# smlp_partial included, is ranked; seed 1 of a sparse system also gets routing.png, the tokens
+# each expert of its last checkpoint took (python -m fairseq_smlp.routing_map). Perplexities on this corpus are per token of its own
 # vocabulary and are not comparable with published numbers. Training runs on the GPU when torch
 # sees one, else on the CPU.
 set -euo pipefail
@@ -178,6 +179,23 @@ score_trailing() {
     echo "compare_cpu.sh: fairseq-eval-lm failed on $checkpoint; see $run/valid_trailing.log" >&2
     return 1
   fi
+  draw_routing "$run" "$checkpoint"
+}
+
+# Where the tokens go: the routing picture of seed 1's last checkpoint of each sparse system
+# (routing.png beside its logs), which the report links; a dense system has none to draw.
+draw_routing() {
+  local run=$1 checkpoint=$2
+  [ "${run##*/}" = seed1 ] || return 0
+  if python -m fairseq_smlp.routing_map "$checkpoint" "$data/bin" --out "$run/routing.png" \
+      > "$run/routing.log" 2>&1; then
+    return 0
+  fi
+  if grep -qs "has no routing module" "$run/routing.log"; then
+    rm -f "$run/routing.log"
+  else
+    echo "compare_cpu.sh: no routing picture for $run; see $run/routing.log" >&2
+  fi
 }
 
 # A wall-clock run cannot resume (its budget would count twice): those start afresh. A run of
@@ -211,6 +229,7 @@ train_and_score() {  # train_and_score LABEL SEED
   if trained "$run"; then
     if grep -qs "Perplexity:" "$run/valid_trailing.log"; then
       echo "== $label, seed $seed: done earlier ($run/valid_trailing.log)"
+      [ -f "$run/routing.png" ] || draw_routing "$run" "$run/checkpoints/checkpoint_last.pt"
     else
       echo "== $label, seed $seed: trained earlier; scoring it"
       score_trailing "$run"

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import statistics
 from dataclasses import asdict, dataclass, replace
@@ -53,6 +54,7 @@ TRAIN_LOG, SYSTEM_JSON, TRAILING_LOG = "train.log", "system.json", "valid_traili
 SEED_DIR = re.compile(r"seed(\d+)")
 RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
 PLOT_VS_TIME, PLOT_VS_UPDATES = "valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"
+ROUTING_PICTURE = "routing.png"
 DEFAULT_REFERENCE = "transformer"
 # The system.json keys the report reads, and which of them are numbers.
 SYSTEM_TEXT_KEYS = ("arch", "task")
@@ -490,7 +492,7 @@ def timed(report: Report) -> bool:
     return report.reference is not None and report.reference_ppl is not None
 
 
-def markdown(report: Report, written: date) -> str:
+def markdown(report: Report, written: date, routing: Dict[str, str]) -> str:
     rows = report.rows
     scale, unit = flops_unit([row.train_flops_per_token for row in rows])
     header = [
@@ -522,8 +524,27 @@ def markdown(report: Report, written: date) -> str:
                           spread_cell(row.speedup, lambda x: f"{x:.2f}", "x")]
         lines.append("| " + " | ".join(cells) + " |")
     body = lines + [""] + notes(report) + regime_markdown(report)
-    body += zero_shot_markdown(report.zero_shot)
+    body += zero_shot_markdown(report.zero_shot) + routing_markdown(routing)
     return "\n".join(body + ["", f"Written {written.isoformat()}."]) + "\n"
+
+
+def routing_pictures(report: Report, runs_dir: Path, out_dir: Path) -> Dict[str, str]:
+    """system -> the path, relative to ``out_dir``, of the routing picture of its seed 1
+    (``ROUTING_PICTURE``, which examples/compare_cpu.sh draws for each sparse system)."""
+    found = {}
+    for row in report.rows:
+        picture = runs_dir / row.system / "seed1" / ROUTING_PICTURE
+        if picture.is_file():
+            found[row.system] = os.path.relpath(picture, out_dir)
+    return found
+
+
+def routing_markdown(routing: Dict[str, str]) -> List[str]:
+    if not routing:
+        return []
+    links = ", ".join(f"[{system}]({path})" for system, path in routing.items())
+    return ["", f"Where the tokens go, per expert of each MoE layer, in seed 1's last checkpoint "
+                f"(python -m fairseq_smlp.routing_map): {links}."]
 
 
 def regime_check(report: Report) -> Optional[regime.RegimeCheck]:
@@ -623,7 +644,8 @@ def strict(value):
     return value
 
 
-def results_json(report: Report, runs_dir: Path, written: date) -> dict:
+def results_json(report: Report, runs_dir: Path, written: date,
+                 routing: Dict[str, str]) -> dict:
     """The report's figures; a NaN or infinite perplexity is None (a diverged seed's)."""
     return strict({
         "written": written.isoformat(),
@@ -635,6 +657,7 @@ def results_json(report: Report, runs_dir: Path, written: date) -> dict:
         "zero_shot": {system: {task: asdict(score) for task, score in tasks.items()}
                       for system, tasks in report.zero_shot.items()},
         "regime": None if (check := regime_check(report)) is None else asdict(check),
+        "routing_pictures": routing,
     })
 
 
@@ -748,10 +771,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ValueError as error:  # a ReportError, or a zero_shot/<task>.json it cannot read
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown(report, written)
+    routing = routing_pictures(report, args.runs_dir, out_dir)
+    table = markdown(report, written, routing)
     (out_dir / RESULTS_MD).write_text(table)
     (out_dir / RESULTS_JSON).write_text(
-        json.dumps(results_json(report, args.runs_dir, written), indent=2, allow_nan=False)
+        json.dumps(results_json(report, args.runs_dir, written, routing), indent=2,
+                   allow_nan=False)
         + "\n"
     )
     plot_both(report, out_dir)

@@ -85,6 +85,12 @@ def test_two_seeds_give_a_mean_and_spread_and_a_trailing_score_from_eval_lm(data
         assert scored == pytest.approx(run["final_valid_ppl"], rel=1e-3)
     assert "(" in (out / "results.md").read_text().split("| smlp_partial‡ |")[1].split("\n")[0]
     assert (out / "valid_ppl_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Seed 1's routing picture, linked from the report.
+    picture = "smlp_partial/seed1/routing.png"
+    assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "smlp_partial" / "seed2" / "routing.png").exists()
+    assert results["routing_pictures"] == {"smlp_partial": picture}
+    assert f"[smlp_partial]({picture})" in (out / "results.md").read_text()
 
 
 def test_an_expert_sweep_trains_and_names_each_count(data_dir, tmp_path):
