@@ -17,8 +17,11 @@ _fairseq_load = checkpoint_utils.load_model_ensemble_and_task
 
 def _load_model_ensemble_and_task(filenames, arg_overrides=None, task=None, strict=True,
                                   suffix="", num_shards=1, state=None):
-    # An ensemble or fairseq's own sharded files (suffix, num_shards) go to fairseq unchecked.
-    if len(filenames) == 1 and num_shards == 1 and not suffix:
+    # An ensemble or fairseq's own sharded files (suffix, num_shards, or the NAME-shard0.pt that
+    # fairseq reads in place of NAME.pt) go to fairseq unchecked.
+    if (len(filenames) == 1 and num_shards == 1 and not suffix and
+            checkpoint_utils.get_maybe_sharded_checkpoint_filename(
+                filenames[0], suffix, 0, num_shards) == filenames[0]):
         path = Path(filenames[0])
         if state is None:
             check_loadable(path)
