@@ -20,6 +20,7 @@ stopwatch stays at 0).
 import bisect
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,8 +41,9 @@ BEGIN_VALIDATION = re.compile(r"\| fairseq_cli\.train \| begin validation on ")
 PREDICTION_FRACTION = re.compile(r"'prediction_fraction': ([0-9.eE+-]+)")
 # fairseq's line once it has restored a checkpoint to resume from.
 RESUMED = re.compile(r"\| Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
-# fairseq_cli.eval_lm's last line: the mean base-2 loss per scored token, to four decimals.
-EVAL_LM_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+), Perplexity: ")
+# fairseq_cli.eval_lm's last line: the mean base-2 loss per scored token, to four decimals
+# ('nan' or 'inf' for a model that diverged).
+EVAL_LM_LOSS = re.compile(r"Loss \(base 2\): (\d+(?:\.\d*)?|nan|inf), Perplexity: ")
 
 
 class ReportError(ValueError):
@@ -51,9 +53,11 @@ class ReportError(ValueError):
 def read_json_object(path: Path, how: str) -> dict:
     """The JSON object in ``path``; else a ReportError ending with ``how`` to write it."""
     try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ReportError(f"{path}: not JSON ({error}); {how}") from error
+    except OSError as error:
+        raise ReportError(f"{path}: cannot be read ({error.strerror}); {how}") from error
     if not isinstance(record, dict):
         raise ReportError(f"{path}: holds {type(record).__name__}, not a JSON object; {how}")
     return record
@@ -122,6 +126,9 @@ class TrainLog:
 
 
 def read_train_log(path: Path) -> TrainLog:
+    if path.is_dir():
+        raise ReportError(f"{path}: a directory; it must be fairseq-train's output (stdout and "
+                          f"stderr) for this system, run with --log-format json")
     if not path.is_file():
         raise ReportError(
             f"{path}: missing; it is fairseq-train's output (stdout and stderr) for this system, "
@@ -318,7 +325,10 @@ def wall_clock_at(progress: Sequence[ProgressLine], num_updates: int) -> float:
 
 def read_eval_lm_ppl(path: Path) -> Optional[float]:
     """The perplexity in a fairseq-eval-lm log, from its base-2 loss (the printed perplexity
-    has two decimals); None when there is no such log."""
+    has two decimals): NaN or infinite for a diverged model; None when there is no such log."""
+    if path.is_dir():
+        raise ReportError(f"{path}: a directory; it must be fairseq-eval-lm's output, or absent "
+                          f"for a run not scored")
     if not path.is_file():
         return None
     losses = [float(match.group(1)) for match in map(EVAL_LM_LOSS.search, path.read_text(
@@ -328,4 +338,12 @@ def read_eval_lm_ppl(path: Path) -> Optional[float]:
             f"{path}: no 'Loss (base 2): ..., Perplexity: ...' line; fairseq-eval-lm writes one "
             f"when it has scored the whole subset (did it fail? its output is in the file)"
         )
-    return 2.0 ** losses[-1]
+    return perplexity(losses[-1])
+
+
+def perplexity(base2_loss: float) -> float:
+    """2 ** the loss; infinite past the largest float (a loss over 1024 bits)."""
+    try:
+        return 2.0 ** base2_loss
+    except OverflowError:
+        return math.inf
