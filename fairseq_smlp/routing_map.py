@@ -93,17 +93,46 @@ def decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
     return decoder.layers if hasattr(decoder, "layers") else decoder.blocks
 
 
+def argument_error(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with the command line's values, checked before the checkpoint loads."""
+    if args.batch_size < 1:
+        return f"--batch-size must be at least 1; got {args.batch_size}"
+    if not args.subset.strip():
+        return "--subset must name a split of DATA_BIN (train, valid, test, ...); got ''"
+    if args.checkpoint.is_dir():
+        return (f"CHECKPOINT {args.checkpoint} is a directory; give a checkpoint file, e.g. "
+                f"{args.checkpoint / 'checkpoint_best.pt'}")
+    if not (args.data / "dict.txt").is_file():
+        what = "is not a directory" if not args.data.is_dir() else "holds no dict.txt"
+        return (f"DATA_BIN {args.data} {what}; give the binarized data directory the checkpoint "
+                f"was trained on (fairseq-preprocess's output, with its dict.txt)")
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if args.out.is_dir():
+        return f"--out {args.out} is a directory; give a file name, e.g. {args.out / 'routing.png'}"
+    if args.out.suffix[1:].lower() not in formats:
+        return (f"--out {args.out} must end in the extension of a picture format, e.g. .png; "
+                f"valid: {', '.join('.' + name for name in sorted(formats))}")
+    if not args.out.parent.is_dir():
+        return f"--out {args.out}: there is no directory {args.out.parent} to write it in"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fairseq_smlp.routing_map",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint of one process")
-    parser.add_argument("data", type=Path, help="the binarized data directory it was trained on")
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                        help="a checkpoint of one process")
+    parser.add_argument("data", type=Path, metavar="DATA_BIN",
+                        help="the binarized data directory it was trained on")
     parser.add_argument("--out", type=Path, default=Path("routing.png"), help="the PNG written")
     parser.add_argument("--subset", default="valid", help="the split whose first batch is routed")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences in the batch")
     parser.add_argument("--inference", action="store_true",
                         help="route as in evaluation (greedy, nothing dropped)")
     args = parser.parse_args(argv)
+    error = argument_error(args)
+    if error:
+        parser.error(error)
     try:
         model, task, _ = load_checkpoint(args.checkpoint, args.data)
         route_one_batch(model, task, args.subset, args.batch_size, args.inference)
