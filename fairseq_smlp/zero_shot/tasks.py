@@ -207,13 +207,21 @@ def user_records(task: ZeroShotTask, data: Path, labels: Optional[Path]) -> List
     if labels is not None and not task.separate_labels:
         raise ValueError(f"--labels is for tasks whose labels ship apart (piqa), not --task "
                          f"{task.name}")
+    if data.is_dir():
+        raise ValueError(f"--data {data} is a directory; give a file of {task.name} examples "
+                         f"({task.fields})")
     if not data.is_file():
         raise FileNotFoundError(f"--data {data} does not exist")
     records = read_jsonl(data) if task.file_format == "jsonl" else read_delimited(data)
+    if not records:
+        raise ValueError(f"--data {data} holds no records; {task.name} records: {task.fields}")
     if not task.separate_labels:
         return records
     if labels is None and all("label" in fields for _, fields in records):
         return records
+    if labels is not None and labels.is_dir():
+        raise ValueError(f"--labels {labels} is a directory; give the labels file (one label a "
+                         f"line, as {task.name} ships them)")
     labels = labels or data.with_name(f"{data.stem}-labels.lst")
     if not labels.is_file():
         raise FileNotFoundError(

@@ -24,7 +24,12 @@ class TextEncoder:
 
     @classmethod
     def from_file(cls, spm_model: Path, dictionary: Dictionary) -> "TextEncoder":
-        processor = spm.SentencePieceProcessor(model_file=str(spm_model))
+        try:
+            processor = spm.SentencePieceProcessor(model_file=str(spm_model))
+        except (OSError, RuntimeError) as error:
+            raise ValueError(f"{spm_model} is not a sentencepiece model ({error}): give the "
+                             f"spm.model the training data was encoded with by --spm-model"
+                             ) from None
         check_pieces(processor, dictionary, spm_model)
         return cls(processor, dictionary)
 
