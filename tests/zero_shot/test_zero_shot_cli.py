@@ -140,5 +140,6 @@ def test_command_refuses_a_dictionary_of_another_size(checkpoint, data_dir, tmp_
     with pytest.raises(SystemExit) as error:
         main(["--task", "copa", "--path", str(checkpoint), "--data", str(DATA / "copa.jsonl"),
               "--data-dir", str(tmp_path), "--no-progress-bar"])
-    assert f"{tmp_path / 'dict.txt'} has " in str(error.value.code)
-    assert "--data-dir" in str(error.value.code)
+    assert f"the dictionary of {tmp_path} (" in str(error.value.code)
+    assert "give the binarized data directory the checkpoint was trained on" in \
+        str(error.value.code)
