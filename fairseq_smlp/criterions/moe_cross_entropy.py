@@ -43,8 +43,9 @@ class MoECrossEntropyConfig(FairseqDataclass):
 class MoECrossEntropyCriterion(FairseqCriterion):
     def __init__(self, task, sentence_avg, moe_gate_loss_wt, moe_gate_loss_combine_method):
         super().__init__(task)
-        if moe_gate_loss_wt < 0:
-            raise ValueError(f"--moe-gate-loss-wt must be >= 0; got {moe_gate_loss_wt}")
+        if not 0 <= moe_gate_loss_wt < math.inf:
+            raise ValueError(f"--moe-gate-loss-wt must be a finite number >= 0; got "
+                             f"{moe_gate_loss_wt}")
         self.sentence_avg = sentence_avg
         self.gate_loss_weight = moe_gate_loss_wt
         self.gate_loss_combine = moe_gate_loss_combine_method

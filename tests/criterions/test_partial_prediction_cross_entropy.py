@@ -119,5 +119,15 @@ def test_needs_the_partial_prediction_task():
     task = SimpleNamespace(target_dictionary=make_dictionary(4))
     with pytest.raises(ValueError, match="--task partial_prediction_lm defines"):
         PartialPredictionCrossEntropyCriterion(task, False, 0.01, "sum")
-    with pytest.raises(ValueError, match="--moe-gate-loss-wt must be >= 0; got -1"):
+    with pytest.raises(ValueError, match="--moe-gate-loss-wt must be a finite number >= 0; "
+                       "got -1"):
         MoECrossEntropyCriterion(task, False, -1, "sum")
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf"])
+def test_a_gate_loss_weight_that_is_not_finite_is_refused(weight):
+    """A NaN or infinite weight would make every loss NaN from the first step."""
+    task = SimpleNamespace(target_dictionary=make_dictionary(4))
+    with pytest.raises(ValueError, match=f"--moe-gate-loss-wt must be a finite number >= 0; "
+                       f"got {weight}"):
+        MoECrossEntropyCriterion(task, False, float(weight), "sum")
