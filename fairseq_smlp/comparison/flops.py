@@ -33,9 +33,10 @@ from fairseq import options, tasks
 from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
 
 from ..models.all_mlp import resolve_context
-from ..models.expert_flags import check_smoe_width
-from ..models.gmlp_lm import check_even_ffn_dim
+from ..models.expert_flags import check_smoe_width, placement_for
+from ..models.gmlp_lm import check_sizes
 from ..models.smlp import parse_sparse_layer_indices, partial_routing_context, sparse_block_indices
+from ..models.size_flags import check_at_least
 from ..models.transformer_moe import expert_ffn_dim, moe_layer_indices
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
@@ -169,20 +170,20 @@ def sparse_block(args, length: int, context: int) -> Part:
     """A gMLP block with the sMoE as token mixer, then LN and the tMoE: BASE routing by
     (E x d) centroids, one expert per token."""
     dim, ffn_dim = args.decoder_embed_dim, args.decoder_ffn_embed_dim
-    experts = args.moe_expert_count
+    experts = placement_for("--moe-expert-count", args.moe_expert_count).num_experts
     return (gmlp_block(dim, ffn_dim, smoe(args, length, context)) + layer_norm(dim)
             + linear(dim, experts, bias=False) + ffn_experts(experts, 1, dim, ffn_dim))
 
 
 def sparse_indices(args) -> List[int]:
-    if getattr(args, "sparse_layer_indices", None):
+    if getattr(args, "sparse_layer_indices", None) is not None:
         return parse_sparse_layer_indices(args.sparse_layer_indices, args.decoder_layers)
     return sparse_block_indices(args.decoder_layers, args.sparse_layers)
 
 
 def all_mlp_costs(args, vocab_size: int, sparse: bool) -> Part:
     """Embedding, the blocks, the final LN and the output projection (no position embedding)."""
-    check_even_ffn_dim(args)
+    check_sizes(args)
     length, dim = args.tokens_per_sample, args.decoder_embed_dim
     context = resolve_context(args, None)
     sparse_blocks = set(sparse_indices(args)) if sparse else set()
@@ -232,7 +233,8 @@ def dense_ffn(args) -> Part:
 
 
 def moe_ffn(args) -> Part:
-    dim, experts = args.decoder_embed_dim, args.moe_expert_count
+    dim = args.decoder_embed_dim
+    experts = placement_for("--moe-expert-count", args.moe_expert_count).num_experts
     gate = shared() if args.moe_gate == "hash" else linear(dim, experts, bias=False)
     width = expert_ffn_dim(args)
     return gate + ffn_experts(experts, EXPERTS_PER_TOKEN[args.moe_gate], dim, width)
@@ -259,6 +261,12 @@ def transformer_costs(args, vocab_size: int, moe: bool) -> Part:
         )
     keep = args.decoder_layers_to_keep
     num_layers = len(keep.split(",")) if keep else args.decoder_layers
+    for flag, value in [("--decoder-embed-dim", dim), ("--decoder-input-dim", in_dim),
+                        ("--decoder-output-dim", out_dim),
+                        ("--decoder-ffn-embed-dim", args.decoder_ffn_embed_dim),
+                        ("--decoder-attention-heads", args.decoder_attention_heads),
+                        ("--decoder-layers", num_layers)]:
+        check_at_least(flag, value)
     moe_layers = set(moe_layer_indices(num_layers, args.moe_freq)) if moe else set()
     layers = [transformer_layer(args, length, moe_ffn(args) if i in moe_layers else dense_ffn(args))
               for i in range(num_layers)]
@@ -317,6 +325,7 @@ def model_costs(args, vocab_size: int) -> ModelCosts:
             raise ValueError(
                 f"model_costs needs {flag} in the parsed arguments of --arch {args.arch}"
             )
+    check_at_least("--tokens-per-sample", args.tokens_per_sample)
     if getattr(args, "output_dictionary_size", -1) >= 0:
         raise ValueError(
             f"--output-dictionary-size {args.output_dictionary_size} makes the output vocabulary "
@@ -340,13 +349,12 @@ def parse_training_args(argv: List[str]) -> argparse.Namespace:
 
 def vocabulary_size(args) -> int:
     """The size of the task's target dictionary, read from DATA_BIN; no data is loaded."""
-    try:
-        task = tasks.setup_task(args)
-    except FileNotFoundError as error:
+    if not Path(args.data.split(":")[0], "dict.txt").is_file():
         raise FileNotFoundError(
-            f"{error}; DATA_BIN must be a directory fairseq-preprocess wrote (only its "
-            f"dictionary is read)"
-        ) from error
+            f"DATA_BIN {args.data} holds no dict.txt; it must be a directory fairseq-preprocess "
+            f"wrote (only its dictionary is read)"
+        )
+    task = tasks.setup_task(args)
     return len(task.target_dictionary)
 
 

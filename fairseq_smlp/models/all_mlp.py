@@ -9,6 +9,7 @@ from ..checkpoint.layout import state_key
 from ..modules.spatial_gating import SpatialGatingUnit
 from ..modules.spatial_projection import CausalSpatialProjection
 from .routing_stats import routing_stats
+from .size_flags import check_at_least
 
 
 def check_context(length: int, context: int, what: str, fits: str = "") -> None:
@@ -36,9 +37,12 @@ def resolve_context(args, task) -> int:
     # --add-bos-token puts a beginning-of-sentence token before every block: one more position.
     bos = int(bool(safe_getattr(task_args, "add_bos_token", False)))
     if safe_getattr(args, "max_target_positions", None) is None:
+        check_at_least("--tokens-per-sample", args.tokens_per_sample)
         args.max_target_positions = args.tokens_per_sample + bos
+    check_at_least("--max-target-positions", args.max_target_positions)
     requested = safe_getattr(task_args, "tokens_per_sample", None)
     if requested is not None:
+        check_at_least("--tokens-per-sample", requested)
         with_bos = " with --add-bos-token" if bos else ""
         check_context(requested + bos, args.max_target_positions,
                       f"--tokens-per-sample {requested}{with_bos} gives {{length}}-token inputs",

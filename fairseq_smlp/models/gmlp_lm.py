@@ -14,6 +14,7 @@ from ..modules.gmlp_block import GmlpBlock
 from ..modules.spatial_projection import CausalSpatialProjection
 from ..checkpoint.expert_state import ExpertCheckpointMixin
 from .all_mlp import AllMlpDecoder, check_saved_context, resolve_context
+from .size_flags import check_at_least, check_dropout, sized_by
 
 
 @dataclass
@@ -37,12 +38,29 @@ class GmlpLanguageModelConfig(FairseqDataclass):
     max_target_positions: Optional[int] = II("task.max_target_positions")
 
 
-def check_even_ffn_dim(args) -> None:
+def check_sizes(args) -> None:
+    """The sizes and dropout an all-MLP model can be built with."""
+    check_at_least("--decoder-embed-dim", args.decoder_embed_dim)
+    check_at_least("--decoder-ffn-embed-dim", args.decoder_ffn_embed_dim, 2)
+    check_at_least("--decoder-layers", args.decoder_layers)
     if args.decoder_ffn_embed_dim % 2 != 0:
         raise ValueError(
             f"--decoder-ffn-embed-dim must be even: the spatial gating unit splits it into two "
             f"halves; got {args.decoder_ffn_embed_dim}"
         )
+    check_dropout(args.dropout)
+
+
+def size_flags(args) -> dict:
+    """The flags that size an all-MLP model's parameters, for an error that names them."""
+    flags = {"--tokens-per-sample": args.max_target_positions,
+             "--decoder-embed-dim": args.decoder_embed_dim,
+             "--decoder-ffn-embed-dim": args.decoder_ffn_embed_dim,
+             "--decoder-layers": args.decoder_layers}
+    for name in ("smoe_expert_count", "moe_expert_count"):
+        if safe_getattr(args, name, None) is not None:
+            flags["--" + name.replace("_", "-")] = getattr(args, name)
+    return flags
 
 
 def dense_block(args, max_positions: int) -> GmlpBlock:
@@ -56,10 +74,11 @@ class GmlpLanguageModel(ExpertCheckpointMixin, FairseqLanguageModel):
 
     @classmethod
     def build_model(cls, args, task):
-        check_even_ffn_dim(args)
+        check_sizes(args)
         max_positions = resolve_context(args, task)
-        blocks = cls.build_blocks(args, task, max_positions)
-        model = cls(AllMlpDecoder(args, task.target_dictionary, blocks))
+        with sized_by(size_flags(args)):
+            blocks = cls.build_blocks(args, task, max_positions)
+            model = cls(AllMlpDecoder(args, task.target_dictionary, blocks))
         exclude_experts_from_ddp(model)
         return model
 

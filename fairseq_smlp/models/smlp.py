@@ -110,7 +110,7 @@ class SmlpLanguageModel(GmlpLanguageModel):
     def build_blocks(cls, args, task, max_positions: int) -> nn.ModuleList:
         width = args.decoder_ffn_embed_dim // 2  # channels the spatial mixers see
         context = partial_routing_context(args, task) if args.smoe_routing == "partial" else None
-        if safe_getattr(args, "sparse_layer_indices", None):
+        if safe_getattr(args, "sparse_layer_indices", None) is not None:
             sparse = set(parse_sparse_layer_indices(args.sparse_layer_indices, args.decoder_layers))
         else:
             sparse = set(sparse_block_indices(args.decoder_layers, args.sparse_layers))

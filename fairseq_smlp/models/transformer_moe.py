@@ -3,6 +3,7 @@
 replaced by an MoE layer; the rest of fairseq's decoder is used as it is.
 """
 
+import math
 from dataclasses import dataclass, field
 
 from fairseq import utils
@@ -28,8 +29,10 @@ from ..modules.moe_layer import FairseqFFNMoE
 from ..checkpoint.expert_state import ExpertCheckpointMixin
 from .expert_flags import compile_routing_field, placement_for
 from .routing_stats import routing_stats
+from .size_flags import sized_by
 
 MOE_GATES = ["top1", "top2", "balanced", "hash"]
+HASH_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 @dataclass
@@ -99,11 +102,17 @@ def build_gate(args, vocab_size: int) -> nn.Module:
     if args.moe_gate == "balanced":
         return BalancedGate(dim, experts)
     if args.moe_gate == "hash":
+        if not HASH_SEEDS[0] <= args.moe_hash_seed <= HASH_SEEDS[1]:
+            raise ValueError(f"--moe-hash-seed must be an integer from {HASH_SEEDS[0]} to "
+                             f"{HASH_SEEDS[1]} (torch's seeds); got {args.moe_hash_seed}")
         return HashGate(vocab_size, experts, args.moe_hash_seed)
     k = 1 if args.moe_gate == "top1" else 2
     if experts < k:
         raise ValueError(f"--moe-expert-count {experts}: --moe-gate {args.moe_gate} sends every "
                          f"token to {k} experts, so it needs at least {k}")
+    if not math.isfinite(args.moe_capacity_factor):
+        raise ValueError(f"--moe-capacity-factor must be a finite number > 0 (each expert's "
+                         f"slots, as a multiple of its fair share); got {args.moe_capacity_factor}")
     return TopKGate(dim, experts, k, args.moe_capacity_factor, args.moe_second_expert_policy)
 
 
@@ -130,6 +139,11 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
     def build_model(cls, args, task):
         # Before any gate complains in its own words.
         placement = placement_for("--moe-expert-count", args.moe_expert_count)
+        with sized_by(size_flags(args)):
+            return cls.build_moe_model(args, task, placement)
+
+    @classmethod
+    def build_moe_model(cls, args, task, placement):
         model = super().build_model(args, task)
         cfg = TransformerConfig.from_namespace(args)
         activation = utils.get_activation_fn(args.activation_fn)
@@ -177,6 +191,14 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
         extra["moe_gate_losses"] = [m.gate_loss for m in moe_layers if m.gate_loss is not None]
         extra["routing_stats"] = routing_stats(self.decoder.layers)
         return logits, extra
+
+
+def size_flags(args) -> dict:
+    """The flags that size a Transformer MoE's parameters, for an error that names them."""
+    return {"--decoder-embed-dim": args.decoder_embed_dim,
+            "--decoder-ffn-embed-dim": args.decoder_ffn_embed_dim,
+            "--moe-expert-ffn-dim": utils.safe_getattr(args, "moe_expert_ffn_dim", 0),
+            "--decoder-layers": args.decoder_layers, "--moe-expert-count": args.moe_expert_count}
 
 
 def moe_arch(args, gate: str) -> None:

@@ -6,6 +6,7 @@ import argparse
 import copy
 import functools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -240,14 +241,44 @@ def test_an_arch_outside_the_families_is_a_clear_error(dictionary_dir, capsys):
     assert "--arch lstm_lm is a 'lstm_lm' model" in capsys.readouterr().err
 
 
-def test_a_data_dir_without_dictionary_is_a_clear_error(tmp_path, capsys):
+@pytest.mark.parametrize("data", ["", "dict.txt"])  # a directory without one, the file itself
+def test_a_data_dir_without_dictionary_is_a_clear_error(tmp_path, capsys, data):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "dict.txt").write_text("w 1\n")
+    data_bin = tmp_path / "bin" if not data else tmp_path / data
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path), *CONFIGS["gmlp_lm_tiny"], "--tokens-per-sample", str(T), "--json"])
+        main([str(data_bin), *CONFIGS["gmlp_lm_tiny"], "--tokens-per-sample", str(T), "--json"])
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert f"No such file or directory: '{tmp_path / 'dict.txt'}'; DATA_BIN must be a directory " \
+    assert f"error: DATA_BIN {data_bin} holds no dict.txt; it must be a directory " \
            f"fairseq-preprocess wrote" in captured.err
+
+
+@pytest.mark.parametrize("config,flags,message", [
+    ("gmlp_lm_tiny", ["--decoder-layers", "0"], "--decoder-layers must be at least 1; got 0"),
+    ("gmlp_lm_tiny", ["--decoder-embed-dim", "-8"], "--decoder-embed-dim must be at least 1; "
+     "got -8"),
+    ("gmlp_lm_tiny", ["--decoder-ffn-embed-dim", "0"], "--decoder-ffn-embed-dim must be at "
+     "least 2; got 0"),
+    ("gmlp_lm_tiny", ["--tokens-per-sample", "0"], "--tokens-per-sample must be at least 1; "
+     "got 0"),
+    ("smlp_deterministic_tiny", ["--moe-expert-count", "0"], "--moe-expert-count must be at "
+     "least 1; got 0"),
+    ("smlp_deterministic_tiny", ["--sparse-layer-indices", ""], "--sparse-layer-indices must "
+     "be comma-separated integers between 0 and 2 (--decoder-layers 3); got ''"),
+    ("transformer_lm_switch_tiny", ["--moe-expert-count", "-2"], "--moe-expert-count must be "
+     "at least 1; got -2"),
+    ("transformer_lm", ["--decoder-embed-dim", "0"], "--decoder-embed-dim must be at least 1; "
+     "got 0"),
+    ("transformer_lm", ["--decoder-layers", "-1"], "--decoder-layers must be at least 1; got -1"),
+])
+def test_sizes_no_model_has_are_refused_not_counted(dictionary_dir, config, flags, message):
+    """Counted, they gave a model with no blocks, or negative parameter counts."""
+    args = parse_training_args([dictionary_dir, *CONFIGS[config], "--tokens-per-sample", str(T),
+                                *flags])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model_costs(args, VOCAB)
 
 
 def test_options_the_formulas_do_not_follow_are_refused(dictionary_dir):
