@@ -18,8 +18,13 @@ dest=data/sotu
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dest) dest="$2"; shift 2 ;;
-    --vocab-size|--text-dir|--max-documents) args+=("$1" "$2"); shift 2 ;;
+    --dest|--vocab-size|--text-dir|--max-documents)
+      if [ $# -lt 2 ] || [ -z "$2" ]; then
+        echo "prepare_data.sh: $1 needs a value (usage: see the top of $0)" >&2
+        exit 2
+      fi
+      if [ "$1" = --dest ]; then dest="$2"; else args+=("$1" "$2"); fi
+      shift 2 ;;
     *) echo "prepare_data.sh: unknown option '$1'" \
          "(valid: --dest, --vocab-size, --text-dir, --max-documents)" >&2; exit 2 ;;
   esac

@@ -67,10 +67,14 @@ def check_splits(splits: Dict[str, List[Document]], source: str) -> None:
 
 
 def text_dir_documents(text_dir: Path) -> List[Document]:
-    """Every ``*.txt`` file of ``text_dir`` (sorted by name) is one document."""
+    """Every ``*.txt`` file of ``text_dir`` (sorted by name) is one document; a directory named
+    so is not."""
+    if text_dir.exists() and not text_dir.is_dir():
+        raise ValueError(f"--text-dir {text_dir} is a file; give the directory that holds your "
+                         f"*.txt files")
     if not text_dir.is_dir():
         raise FileNotFoundError(f"--text-dir {text_dir}: no such directory")
-    files = sorted(text_dir.glob("*.txt"))
+    files = sorted(path for path in text_dir.glob("*.txt") if path.is_file())
     if not files:
         raise FileNotFoundError(f"--text-dir {text_dir}: holds no *.txt files")
     return [(path.stem, read_text(path)) for path in files]

@@ -48,6 +48,8 @@ MANIFEST_HEADER = (
 MAX_LINE_BYTES = 1 << 16
 # Files named in an error, before "and N more".
 NAMED_FILES = 5
+# sentencepiece reads --vocab-size as a 32-bit integer.
+MAX_VOCAB_SIZE = 2**31 - 1
 
 
 def load_splits(text_dir: Optional[Path], max_documents: int) -> Dict[str, List[Document]]:
@@ -203,6 +205,10 @@ def own_files(dest: Path) -> Set[str]:
     """The files in ``dest`` that an earlier run wrote, which a run may replace; any other file
     there is an error that names it."""
     if not dest.exists():
+        blocking = next((path for path in dest.parents if path.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ValueError(f"--dest {dest}: {blocking} is a file, so no directory can be made "
+                             f"under it; give a --dest whose parent directories are directories")
         return set()
     if not dest.is_dir():
         raise ValueError(f"--dest {dest} is a file; give a directory (new, empty or written by "
@@ -277,8 +283,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="keep only the first N documents in name order before splitting (0: all)",
     )
     args = parser.parse_args(argv)
-    if args.vocab_size < 16:
-        parser.error(f"--vocab-size must be at least 16; got {args.vocab_size}")
+    if not 16 <= args.vocab_size <= MAX_VOCAB_SIZE:
+        parser.error(f"--vocab-size must be from 16 to {MAX_VOCAB_SIZE}; got {args.vocab_size}")
+    if args.max_documents < 0:
+        parser.error(f"--max-documents must be 0 (all) or more; got {args.max_documents}")
     return args
 
 
@@ -288,7 +296,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         prepare(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         sys.exit(f"prepare_data: {error}")
 
 

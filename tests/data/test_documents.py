@@ -43,10 +43,18 @@ def test_text_dir_errors_name_the_flag(tmp_path):
         text_dir_documents(tmp_path)
 
 
+def test_a_text_dir_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "corpus.txt").write_text("one document")
+    with pytest.raises(ValueError, match=f"--text-dir {tmp_path}/corpus.txt is a file; give the "
+                       r"directory that holds your \*.txt files"):
+        text_dir_documents(tmp_path / "corpus.txt")
+
+
 def test_text_dir_reads_every_txt_file_in_name_order(tmp_path):
     (tmp_path / "b.txt").write_text("second")
     (tmp_path / "a.txt").write_text("first")
     (tmp_path / "notes.md").write_text("ignored")
+    (tmp_path / "drafts.txt").mkdir()  # a directory, not a document: was an IsADirectoryError
     assert text_dir_documents(tmp_path) == [("a", "first"), ("b", "second")]
 
 

@@ -176,3 +176,36 @@ def test_a_home_directory_as_dest_is_refused_and_kept(tmp_path):
         f"--dest, or move those files out of it")
     assert fingerprint(home) == before and (home / "link").is_symlink()
     assert scratch_left(tmp_path) == []
+
+
+@pytest.mark.parametrize("flags,message", [
+    # Before: all documents prepared, as with 0; sentencepiece's "cannot parse ... as int".
+    (["--max-documents", "-3"], "--max-documents must be 0 (all) or more; got -3"),
+    (["--vocab-size", "99999999999"], "--vocab-size must be from 16 to 2147483647; got "
+     "99999999999"),
+])
+def test_numbers_out_of_range_are_refused_by_the_parser(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main(["--dest", str(tmp_path / "dest"), *flags])
+    assert exit_info.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dest_below_a_file_is_named(tmp_path):
+    (tmp_path / "notes").write_text("kept\n")
+    message = refusal("--dest", tmp_path / "notes" / "data", "--text-dir",
+                      corpus(tmp_path / "text"))
+    assert message == (f"prepare_data: --dest {tmp_path}/notes/data: {tmp_path}/notes is a file, "
+                       f"so no directory can be made under it; give a --dest whose parent "
+                       f"directories are directories")
+    assert (tmp_path / "notes").read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("argv", [["--dest"], ["--dest", ""], ["--vocab-size"]])
+def test_an_option_without_its_value_is_named_by_the_script(argv):
+    result = subprocess.run(["bash", "examples/prepare_data.sh", *argv], cwd=REPO, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"prepare_data.sh: {argv[0]} needs a value (usage: see the "
+                                    f"top of examples/prepare_data.sh)")
