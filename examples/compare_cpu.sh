@@ -54,6 +54,11 @@ sweep=""
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --minutes|--updates|--parallel|--seeds|--data|--out|--systems|--sweep-experts)
+      if [ $# -lt 2 ] || [ -z "$2" ]; then
+        echo "compare_cpu.sh: $1 needs a value (usage: see the top of $0)" >&2
+        exit 2
+      fi ;;&
     --minutes) minutes="$2"; minutes_given=1; shift 2 ;;
     --updates) updates="$2"; shift 2 ;;
     --parallel) parallel="$2"; shift 2 ;;
@@ -72,8 +77,10 @@ if ! [[ $minutes =~ ^[0-9]*\.?[0-9]+$ ]] || [[ $minutes =~ ^0*\.?0*$ ]]; then
   echo "compare_cpu.sh: --minutes must be a positive number of minutes; got '$minutes'" >&2
   exit 2
 fi
-if [ -n "$updates" ] && ! [[ $updates =~ ^[1-9][0-9]*$ ]]; then
-  echo "compare_cpu.sh: --updates must be a whole number of updates, 1 or more; got" \
+# Whole numbers of at most 9 digits: bash's arithmetic and test wrap around past 63 bits.
+WHOLE='^[1-9][0-9]{0,8}$'
+if [ -n "$updates" ] && ! [[ $updates =~ $WHOLE ]]; then
+  echo "compare_cpu.sh: --updates must be a whole number of updates from 1 to 999999999; got" \
     "'$updates'" >&2
   exit 2
 fi
@@ -81,18 +88,28 @@ if [ -n "$updates" ] && [ -n "$minutes_given" ]; then
   echo "compare_cpu.sh: --minutes and --updates each set when a run ends; give one of them" >&2
   exit 2
 fi
-if [ -n "$parallel" ] && ! [[ $parallel =~ ^[1-9][0-9]*$ ]]; then
-  echo "compare_cpu.sh: --parallel must be a whole number of runs, 1 or more; got" \
+if [ -n "$parallel" ] && ! [[ $parallel =~ $WHOLE ]]; then
+  echo "compare_cpu.sh: --parallel must be a whole number of runs from 1 to 999999999; got" \
     "'$parallel'" >&2
   exit 2
 fi
-if ! [[ $seeds =~ ^[1-9][0-9]*$ ]]; then
-  echo "compare_cpu.sh: --seeds must be a whole number of runs, 1 or more; got '$seeds'" >&2
+if ! [[ $seeds =~ $WHOLE ]]; then
+  echo "compare_cpu.sh: --seeds must be a whole number of runs from 1 to 999999999; got" \
+    "'$seeds'" >&2
   exit 2
 fi
 if [ -n "$sweep" ] && ! [[ $sweep =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]]; then
   echo "compare_cpu.sh: --sweep-experts takes expert counts, 1 or more, separated by commas" \
     "(e.g. 1,4,16); got '$sweep'" >&2
+  exit 2
+fi
+
+if [ -e "$data" ] && ! [ -d "$data" ]; then
+  echo "compare_cpu.sh: --data $data is a file; give the directory of a prepared corpus" >&2
+  exit 2
+fi
+if [ -n "$out" ] && [ -e "$out" ] && ! [ -d "$out" ]; then
+  echo "compare_cpu.sh: --out $out is a file; give a directory for the runs and the report" >&2
   exit 2
 fi
 
@@ -126,7 +143,9 @@ RECIPE=(
   --max-valid-steps 20 --no-epoch-checkpoints "${device[@]}" --num-workers 0 --log-format json
   --log-interval 50
 )
+budget="$minutes minutes"
 if [ -n "$updates" ]; then
+  budget="$updates updates"
   # Equal updates, the learning rate decayed to 0 over them; a checkpoint at every validation,
   # from which a cut-off run resumes.
   every=$(( updates >= 1000 ? 250 : 50 ))
@@ -164,6 +183,19 @@ for name in "${names[@]}"; do
   done
 done
 [ -f "$data/bin/dict.txt" ] || bash "$(dirname "$0")/prepare_data.sh" --dest "$data"
+
+# Each system's FLOPs and parameters (its runs' system.json), counted from the model its flags
+# and the extra ones build: the count runs the models' own checks of their flags, so a value no
+# model takes (an expert count that does not divide a width, --decoder-layers 0) stops here.
+declare -A system_json
+for label in "${labels[@]}"; do
+  mapfile -t flags <<< "${system_flags[$label]}"
+  if ! system_json[$label]=$(python -m fairseq_smlp.comparison.flops "$data/bin" \
+      --user-dir "$USER_DIR" "${flags[@]}" "${extra[@]}" --json); then
+    echo "compare_cpu.sh: the flags of '$label' (above) build no model; nothing was trained" >&2
+    exit 2
+  fi
+done
 
 # fairseq-eval-lm's perplexity over the trailing 80% of every validation block, from the run's
 # last checkpoint, with the block length it trained on.
@@ -236,11 +268,8 @@ train_and_score() {  # train_and_score LABEL SEED
     fi
     return
   fi
-  echo "== $label, seed $seed: ${updates:+$updates updates}${updates:-$minutes minutes}" \
-    "(fairseq-train log: $run/train.log)"
-  # The extra flags may change the model: its FLOPs and parameters are counted with them.
-  python -m fairseq_smlp.comparison.flops "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" \
-    "${extra[@]}" --json > "$run/system.json"
+  echo "== $label, seed $seed: $budget (fairseq-train log: $run/train.log)"
+  printf '%s\n' "${system_json[$label]}" > "$run/system.json"
   # fairseq's progress lines on the terminal, its whole output in the log.
   if ! fairseq-train "$data/bin" --user-dir "$USER_DIR" "${flags[@]}" "${RECIPE[@]}" \
     --seed "$seed" --save-dir "$run/checkpoints" "${extra[@]}" 2>&1 | tee -a "$run/train.log" |

@@ -111,14 +111,42 @@ def test_bad_options_are_refused_before_anything_trains(tmp_path):
         assert result.returncode == 2
         assert f"--minutes must be a positive number of minutes; got '{bad}'" in result.stderr
     for option, bad, message in (
-        ("--seeds", "0", "--seeds must be a whole number of runs, 1 or more; got '0'"),
+        ("--seeds", "0", "--seeds must be a whole number of runs from 1 to 999999999; got '0'"),
         ("--sweep-experts", "4,x", "--sweep-experts takes expert counts, 1 or more, separated"),
+        # Past 63 bits bash's arithmetic wraps: a huge --updates took a wrapped one's interval.
+        ("--updates", "9" * 20, f"--updates must be a whole number of updates from 1 to "
+         f"999999999; got '{'9' * 20}'"),
+        ("--parallel", "9" * 20, "--parallel must be a whole number of runs from 1 to"),
+        # Before: all systems, as if --systems had not been given.
+        ("--systems", "", "--systems needs a value (usage: see the top of"),
     ):
         result = compare(option, bad, "--out", str(tmp_path))
         assert result.returncode == 2 and message in result.stderr
     result = compare("--sweep-experts", "4", "--systems", "gmlp", "--out", str(tmp_path))
     assert result.returncode == 2 and "--experts 4: gmlp has no experts" in result.stderr
-    assert not any(tmp_path.iterdir())
+    # Before: bash's "$2: unbound variable".
+    result = compare("--out", str(tmp_path), "--minutes")
+    assert result.returncode == 2 and "compare_cpu.sh: --minutes needs a value" in result.stderr
+    (tmp_path / "notes").write_text("kept\n")
+    result = compare("--out", str(tmp_path / "notes"))
+    assert result.returncode == 2
+    assert f"--out {tmp_path / 'notes'} is a file; give a directory" in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["notes"]
+    assert (tmp_path / "notes").read_text() == "kept\n"
+
+
+def test_flags_no_model_takes_stop_the_script_before_anything_trains(data_dir, tmp_path):
+    """Before, each run of such a system failed in turn, after the systems before it had
+    trained: the FLOPs count, which runs the models' checks, now reads every system first."""
+    out = tmp_path / "runs"
+    result = compare("--updates", "5", "--seeds", "1", "--data", str(data_dir.parent), "--out",
+                     str(out), "--systems", "gmlp,smlp_deterministic_e3")
+    assert result.returncode == 2
+    assert ("--smoe-expert-count 3 must be at least 1 and divide the sMoE width 256"
+            in result.stderr)
+    assert ("compare_cpu.sh: the flags of 'smlp_deterministic_e3' (above) build no model; "
+            "nothing was trained") in result.stderr
+    assert not out.exists()
 
 
 def test_extra_flags_reach_the_flops_count_and_a_failed_run_is_named(data_dir, tmp_path):
