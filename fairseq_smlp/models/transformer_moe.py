@@ -3,7 +3,6 @@
 replaced by an MoE layer; the rest of fairseq's decoder is used as it is.
 """
 
-import math
 from dataclasses import dataclass, field
 
 from fairseq import utils
@@ -110,10 +109,10 @@ def build_gate(args, vocab_size: int) -> nn.Module:
     if experts < k:
         raise ValueError(f"--moe-expert-count {experts}: --moe-gate {args.moe_gate} sends every "
                          f"token to {k} experts, so it needs at least {k}")
-    if not math.isfinite(args.moe_capacity_factor):
-        raise ValueError(f"--moe-capacity-factor must be a finite number > 0 (each expert's "
-                         f"slots, as a multiple of its fair share); got {args.moe_capacity_factor}")
-    return TopKGate(dim, experts, k, args.moe_capacity_factor, args.moe_second_expert_policy)
+    # A factor of E / k gives every expert room for every token, so that nothing is dropped; a
+    # larger one (inf included) would only enlarge the buffers, past memory or int64.
+    capacity_factor = min(args.moe_capacity_factor, experts / k)
+    return TopKGate(dim, experts, k, capacity_factor, args.moe_second_expert_policy)
 
 
 def expert_ffn_dim(args) -> int:

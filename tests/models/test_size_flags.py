@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import build_model
 
 import fairseq_smlp
@@ -36,10 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
     # Before: ignored, the blocks spread by --sparse-layers instead.
     ("smlp_deterministic_tiny", dict(sparse_layer_indices=""),
      "--sparse-layer-indices must be comma-separated integers between 0 and 3"),
-    # Before: an OverflowError in the gate's first training step; an overflow in torch.
-    ("transformer_lm_switch_tiny", dict(moe_capacity_factor=float("inf")),
-     "--moe-capacity-factor must be a finite number > 0 (each expert's slots, as a multiple of "
-     "its fair share); got inf"),
+    # Before: an overflow in torch.
     ("transformer_lm_hash_tiny", dict(moe_hash_seed=2**70),
      f"--moe-hash-seed must be an integer from {-(2**63)} to {2**64 - 1} (torch's seeds); got "
      f"{2**70}"),
@@ -48,6 +46,19 @@ def test_values_no_model_has_are_refused_by_name(arch, flags, message):
     with pytest.raises(ValueError) as error:
         build_model(arch, **flags)
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("arch,experts,top", [("transformer_lm_switch_tiny", 4, 1),
+                                              ("transformer_lm_gshard_tiny", 3, 2)])
+@pytest.mark.parametrize("factor", [float("inf"), 1e300])
+def test_a_capacity_factor_past_room_for_every_token_drops_nothing(arch, experts, top, factor):
+    """Before: an OverflowError in the first training step, the capacity past int64. A factor
+    of E / k already gives every expert room for every token."""
+    model = build_model(arch, moe_expert_count=experts, moe_capacity_factor=factor).train()
+    moe = model.moe_layers()[0]
+    assert moe.gate.capacity_factor == experts / top
+    model(torch.randint(4, 40, (2, 16)))
+    assert moe.last_kept_load.sum() == moe.last_load.sum() == 2 * 16 * top
 
 
 @pytest.mark.parametrize("arch,flags,named", [
