@@ -7,8 +7,8 @@ other tokens share the batch, later positions included, and would break causalit
 """
 
 import math
-from dataclasses import dataclass, field
-from typing import Dict, Optional
+from types import MappingProxyType
+from typing import Mapping, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,15 +22,17 @@ SECOND_EXPERT_POLICIES = ("sampling", "all", "random")
 CENTROID_INIT_GAIN = 0.1
 
 
-@dataclass
-class GateDecision:
-    """A gate's decision for S tokens: k expert choices each, their weights, the capacity."""
+class GateDecision(NamedTuple):
+    """A gate's decision for S tokens: k expert choices each, their weights, the capacity. A
+    tuple whose first item is a tensor: hooks that look for a tensor in a module's output (the
+    backward hooks fairseq's NanDetector puts on every module when gradients overflow) find one.
+    """
 
     expert_index: torch.Tensor  # (S, k) long
     weight: Optional[torch.Tensor]  # (S, k) combine weight of each choice; None: 1 for all
     capacity: Optional[int]  # slots per expert; None: as many as the largest load
     aux_loss: Optional[torch.Tensor] = None  # load-balancing loss, for gates that have one
-    stats: Dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: Mapping[str, torch.Tensor] = MappingProxyType({})
     # The weights are renormalised to sum to 1 over the choices kept after capacity (top-2).
     normalize_kept: bool = False
     # Whether an expert can be chosen more often than its capacity; a gate that never does so

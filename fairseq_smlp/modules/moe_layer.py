@@ -85,7 +85,8 @@ class MoELayer(nn.Module):
                              f"input {tokens.size(0)} tokens")
         decision = self.gate(gate_input, token_ids, padding)
         if padding is not None:
-            decision.expert_index = decision.expert_index.masked_fill(padding[:, None], -1)
+            decision = decision._replace(
+                expert_index=decision.expert_index.masked_fill(padding[:, None], -1))
         if self.runs_choices_directly(decision):
             kept = decision.expert_index >= 0  # withdrawn (padding, top-2 'random'): weight 0
             output = self.run_choices(tokens, decision.expert_index,
