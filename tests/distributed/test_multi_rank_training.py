@@ -75,11 +75,8 @@ def test_two_ranks_match_one_process_and_checkpoints_round_trip(data_dir, tmp_pa
     single = losses(one_process(train_flags(data_dir, arch, tmp_path / "single", UPDATES)))
     assert single == pytest.approx(reference, abs=2e-3)
 
-    # Stop at update 3, resume: updates 4 to 6 as in the uninterrupted run.
-    two_ranks(train_flags(data_dir, arch, tmp_path / "resumed", 3))
-    resumed = two_ranks(train_flags(data_dir, arch, tmp_path / "resumed", UPDATES))
-    assert "Loaded checkpoint" in resumed and "checkpoint_last-rank-0.pt" in resumed
-    assert losses(resumed) == {n: reference[n] for n in range(4, UPDATES + 1)}
+    if arch == "smlp_deterministic_tiny":  # the resume does not depend on the arch
+        check_resume(data_dir, tmp_path, arch, reference)
 
     # A single process cannot read one rank's share; the merged file gives the run's last
     # validation loss (nothing is dropped in evaluation, so routing does not see the batch).
@@ -95,6 +92,14 @@ def test_two_ranks_match_one_process_and_checkpoints_round_trip(data_dir, tmp_pa
     merged = tmp_path / "whole" / "checkpoint_last.pt"
     run([sys.executable, "-m", "fairseq_smlp.consolidate_checkpoint", str(merged)])
     assert valid_loss(validate(merged)) == valid_loss(whole)
+
+
+def check_resume(data_dir, tmp_path, arch, reference):
+    """Stopped at update 3 and resumed, the run takes updates 4 to 6 as the uninterrupted one."""
+    two_ranks(train_flags(data_dir, arch, tmp_path / "resumed", 3))
+    resumed = two_ranks(train_flags(data_dir, arch, tmp_path / "resumed", UPDATES))
+    assert "Loaded checkpoint" in resumed and "checkpoint_last-rank-0.pt" in resumed
+    assert losses(resumed) == {n: reference[n] for n in range(4, UPDATES + 1)}
 
 
 def rank_process(save_dir, rank):
@@ -327,14 +332,4 @@ def test_consolidation_never_writes_over_a_rank_file_it_reads(rank_files, tmp_pa
     output = consolidate_cli(save_dir / "checkpoint_last.pt", "--output",
                              save_dir / "checkpoint_last-rank-1.pt", "--force")
     assert "checkpoint_last-rank-1.pt is one of the rank files being merged" in output, output
-    assert checksums(save_dir) == before
-
-
-def test_one_process_refuses_to_resume_past_max_update(data_dir, tmp_path):
-    save_dir = tmp_path / "run"
-    one_process(train_flags(data_dir, "gmlp_lm_tiny", save_dir, 2))
-    before = checksums(save_dir)
-    log = one_process(train_flags(data_dir, "gmlp_lm_tiny", save_dir, 1), check=False)
-    assert "checkpoint_last.pt was saved at update 2 and --max-update is 1: the run is over" \
-        in log, log[-3000:]
     assert checksums(save_dir) == before

@@ -181,3 +181,18 @@ def test_a_save_onto_a_full_disk_is_one_line_and_keeps_the_earlier_checkpoint(da
         "The checkpoints saved before are intact" in last, last
     after = checksums(save_dir)
     assert after == before, sorted(after)
+
+
+def test_resuming_past_max_update_is_refused_and_keeps_the_checkpoint(data_dir, trained,
+                                                                     tmp_path):
+    """fairseq would train one more update and overwrite the last and best checkpoints."""
+    save_dir = tmp_path / "run"
+    save_dir.mkdir()
+    shutil.copy(trained, save_dir)
+    before = checksums(save_dir)
+    result = run(*train_flags(data_dir, save_dir, 1))
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "checkpoint_last.pt was saved at update 2 and --max-update is 1: the run is over" \
+        in last, last
+    assert checksums(save_dir) == before
