@@ -153,46 +153,39 @@ def test_binarized_data_cut_short_is_refused_before_reading(data_dir, tmp_path):
         language_modeling(data).load_dataset("valid")
 
 
-def test_resuming_gmlp_at_another_block_length_is_one_line(data_dir, trained, tmp_path):
+def refused_resume(data_dir, trained, tmp_path, max_update, block=BLOCK, limit_file_size=None):
+    """The last line of fairseq-train resuming a copy of ``trained``, which must fail without a
+    traceback and leave the copy as it was."""
     save_dir = tmp_path / "run"
     save_dir.mkdir()
     shutil.copy(trained, save_dir)
     before = checksums(save_dir)
-    result = run(*train_flags(data_dir, save_dir, 4, block="16"))
+    result = run(*train_flags(data_dir, save_dir, max_update, block),
+                 limit_file_size=limit_file_size)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
+    assert checksums(save_dir) == before, sorted(checksums(save_dir))
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_resuming_gmlp_at_another_block_length_is_one_line(data_dir, trained, tmp_path):
+    last = refused_resume(data_dir, trained, tmp_path, 4, block="16")
     assert last.startswith("train.py: error: ") and "--tokens-per-sample" in last, last
-    assert checksums(save_dir) == before
 
 
 def test_a_save_onto_a_full_disk_is_one_line_and_keeps_the_earlier_checkpoint(data_dir, trained,
                                                                                tmp_path):
-    save_dir = tmp_path / "run"
-    save_dir.mkdir()
-    shutil.copy(trained, save_dir)
-    before = checksums(save_dir)
-    # Files of at most half a checkpoint: the save at update 3 runs out (EFBIG).
-    result = run(*train_flags(data_dir, save_dir, 3), limit_file_size=trained.stat().st_size // 2)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"train.py: error: writing a checkpoint to {save_dir} failed") and \
-        "The checkpoints saved before are intact" in last, last
-    after = checksums(save_dir)
-    assert after == before, sorted(after)
+    # Files of at most half a checkpoint: the save at update 3 runs out (EFBIG); its partial
+    # file is removed.
+    last = refused_resume(data_dir, trained, tmp_path, 3,
+                          limit_file_size=trained.stat().st_size // 2)
+    assert last.startswith(f"train.py: error: writing a checkpoint to {tmp_path / 'run'} "
+                           f"failed") and "The checkpoints saved before are intact" in last, last
 
 
 def test_resuming_past_max_update_is_refused_and_keeps_the_checkpoint(data_dir, trained,
                                                                      tmp_path):
     """fairseq would train one more update and overwrite the last and best checkpoints."""
-    save_dir = tmp_path / "run"
-    save_dir.mkdir()
-    shutil.copy(trained, save_dir)
-    before = checksums(save_dir)
-    result = run(*train_flags(data_dir, save_dir, 1))
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    last = refused_resume(data_dir, trained, tmp_path, 1)
     assert "checkpoint_last.pt was saved at update 2 and --max-update is 1: the run is over" \
         in last, last
-    assert checksums(save_dir) == before
