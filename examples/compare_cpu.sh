@@ -37,9 +37,9 @@
 # valid_trailing.log, fairseq-eval-lm's perplexity of the last checkpoint over the trailing 80%
 # of each validation block (--task partial_prediction_lm), the column on which every system,
 # smlp_partial included, is ranked; seed 1 of a sparse system also gets routing.png, the tokens
-# each expert of its last checkpoint took (python -m fairseq_smlp.routing_map). Perplexities on this corpus are per token of its own
-# vocabulary and are not comparable with published numbers. Training runs on the GPU when torch
-# sees one, else on the CPU.
+# each expert of its last checkpoint took (python -m fairseq_smlp.routing_map). Perplexities on
+# this corpus are per token of its own vocabulary and are not comparable with published numbers.
+# Training runs on the GPU when torch sees one, else on the CPU.
 set -euo pipefail
 
 minutes=3.5
