@@ -70,7 +70,8 @@ def dense_block(args, max_positions: int) -> GmlpBlock:
 
 @register_model("gmlp_lm", dataclass=GmlpLanguageModelConfig)
 class GmlpLanguageModel(ExpertCheckpointMixin, FairseqLanguageModel):
-    """The --arch gmlp_lm defaults are the paper's main-comparison size: d_model 1024, d_ffn 4096."""
+    """The --arch gmlp_lm defaults are the paper's main-comparison size: d_model 1024, d_ffn
+    4096."""
 
     @classmethod
     def build_model(cls, args, task):

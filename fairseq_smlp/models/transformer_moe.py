@@ -78,7 +78,8 @@ class MoEDecoderLayer(TransformerDecoderLayerBase):
 
     def __init__(self, cfg, moe: FairseqFFNMoE):
         if utils.safe_getattr(cfg, "scale_fc", False):
-            raise ValueError("--scale-fc normalises inside the FFN and has no place in an MoE layer")
+            raise ValueError("--scale-fc normalises inside the FFN and has no place in an MoE "
+                             "layer")
         super().__init__(cfg, no_encoder_attn=True)
         self.activation_fn = identity
         self.activation_dropout_module = nn.Identity()
