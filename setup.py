@@ -24,7 +24,8 @@ setup(
     ],
     extras_require={
         # pyarrow reads the zero-shot tasks' Arrow files; the tests write small ones.
-        "test": ["pytest==9.2.0", "pyarrow==22.0.0", "scipy==1.17.1"],
+        # triton: the balanced assignment's kernel, run by Triton's interpreter on CPU tensors.
+        "test": ["pytest==9.2.0", "pyarrow==22.0.0", "scipy==1.17.1", "triton==3.7.1"],
         "zero-shot": ["pyarrow==22.0.0"],
     },
 )

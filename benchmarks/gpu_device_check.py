@@ -1,7 +1,7 @@
 """The GPU, its torch, the dtypes torch's grouped matrix product takes there, the time of one
-balanced assignment (recorded-graph replay against plain launches), and a check that a training
-step of every routing path runs under CUDA's sync debug mode set to error, which raises at any
-operation that makes the host wait for the device.
+balanced assignment (its Triton kernel, its recorded-graph replay, its plain launches), and a
+check that a training step of every routing path runs under CUDA's sync debug mode set to
+error, which raises at any operation that makes the host wait for the device.
 
     python benchmarks/gpu_device_check.py
 """
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fairseq_smlp.modules import balanced_assignment as assignment
+from fairseq_smlp.modules.balanced_assignment_kernel import assign
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
@@ -56,10 +57,12 @@ def main():
               f"{grouped:.3f} ms ({syncs}), bmm {batched:.3f} ms")
     for shape in [(1, 16384, 16), (16, 2048, 16)]:
         scores = torch.randn(*shape, device=device)
-        replayed = milliseconds(lambda: assignment.balanced_assignment(scores))
+        fused = milliseconds(lambda: assign(scores))
+        replayed = milliseconds(lambda: assignment.replayed(scores))
         launched = milliseconds(lambda: assignment.solve(scores))
-        print(f"balanced assignment {shape}: {replayed:.3f} ms replayed, {launched:.3f} ms "
-              f"launched op by op")
+        agree = float(assign(scores).eq(assignment.solve(scores)).float().mean())
+        print(f"balanced assignment {shape}: {fused:.3f} ms one kernel ({agree:.2%} of the items "
+              f"as op by op), {replayed:.3f} ms replayed, {launched:.3f} ms op by op")
     modules = {
         "tMoE": TokenMoE(256, 1024, 16),
         "top-1": MoELayer(TopKGate(256, 16, 1), BatchedFeedForwardExperts(16, 256, 1024), 16),

@@ -4,6 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton reads it when it is first imported: Triton kernels then run in its interpreter, on
+    # CPU tensors (tests/modules/test_balanced_assignment_kernel.py).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 # Make tests/helpers.py importable as `helpers` from any test directory.

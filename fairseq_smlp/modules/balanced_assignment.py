@@ -4,11 +4,13 @@ close to the best a balanced assignment can reach.
 
 CPU tensors go to a compiled auction run to completion (``_auction.c``): on the CPU nothing
 waits for a read-back, and a sequential auction does a few thousand bids where the method below
-runs a few hundred tensor operators. Elsewhere (CUDA) the method below runs.
+runs a few hundred tensor operators. Elsewhere (CUDA) the method below runs, as one Triton kernel
+(``balanced_assignment_kernel.py``) where Triton is installed; without Triton its few hundred
+small kernels are recorded as a CUDA graph once a shape recurs, and replayed.
 
 The work per call is fixed and stays on the device: no step reads a value back to the host or
-loops a data-dependent number of times, so a training step never waits on it. On CUDA the few
-hundred small kernels of one call are recorded as a CUDA graph once a shape recurs, and replayed.
+loops a data-dependent number of times, so a training step never waits on it. ``solve`` writes
+the method as tensor operators: the kernel's twin, which tests hold to the same results.
 
 An item goes to the expert of highest score minus price; the steps find prices and owners:
 
@@ -31,6 +33,7 @@ scipy's ``linear_sum_assignment``, is in docs/design.md and held by tests. fairs
 solve the same problem with a C++ auction (``fairseq.libbase``) run to completion.
 """
 
+import importlib.util
 import math
 import warnings
 from collections import Counter
@@ -71,6 +74,8 @@ def balanced_assignment(scores: torch.Tensor) -> torch.Tensor:
         return scores.new_zeros(*batch, num_items, dtype=torch.long)
     if scores.device.type == "cpu" and not takes_cuda_path(scores) and cpu_auction() is not None:
         expert = auction_on_cpu(scores)
+    elif takes_cuda_path(scores) and fused_kernel_usable():
+        expert = fused_assignment(scores)
     elif (scores.is_cuda and not torch.cuda.is_current_stream_capturing()
           and not torch.compiler.is_compiling()):  # a compiled region fuses the steps instead
         expert = replayed(scores)
@@ -109,6 +114,38 @@ def auction_on_cpu(scores: torch.Tensor) -> torch.Tensor:
 
 
 @auction_on_cpu.register_fake
+def _(scores: torch.Tensor) -> torch.Tensor:
+    return scores.new_empty(scores.shape[:2], dtype=torch.long)
+
+
+def fused_kernel_usable() -> bool:
+    """Whether CUDA runs the method as one kernel: Triton is installed and the kernel has not
+    failed here before."""
+    return _FUSED_KERNEL_FAILED is None and importlib.util.find_spec("triton") is not None
+
+
+_FUSED_KERNEL_FAILED: Optional[str] = None
+
+
+@torch.library.custom_op("fairseq_smlp::fused_assignment", mutates_args=())
+def fused_assignment(scores: torch.Tensor) -> torch.Tensor:
+    """(R, N, E) float32 scores -> (R, N) experts by the method of this module in one operator:
+    on CUDA one launch of its Triton kernel; on CPU tensors (the CUDA path run on a CPU) its twin
+    ``solve``. Opaque to a compiled region, which calls it as it is."""
+    if not scores.is_cuda:
+        return solve(scores)
+    global _FUSED_KERNEL_FAILED
+    try:
+        from .balanced_assignment_kernel import assign
+        return assign(scores)
+    except Exception as error:  # a Triton that cannot build the kernel: the same steps op by op
+        _FUSED_KERNEL_FAILED = f"{type(error).__name__}: {error}"
+        warnings.warn(f"the balanced assignment kernel failed ({_FUSED_KERNEL_FAILED}); the "
+                      f"assignment runs as separate operators, recorded as a CUDA graph")
+        return replayed(scores)
+
+
+@fused_assignment.register_fake
 def _(scores: torch.Tensor) -> torch.Tensor:
     return scores.new_empty(scores.shape[:2], dtype=torch.long)
 
@@ -246,9 +283,10 @@ def group_counts(group: torch.Tensor, num_groups: int) -> torch.Tensor:
 
 def rank_in_group(group: torch.Tensor, priority: torch.Tensor, num_groups: int) -> torch.Tensor:
     """(R, N) rank of each item inside its group (0 = highest priority), groups in [0, G], the
-    last a spare one. One sort on (group, -priority) packed into a float64 key."""
+    last a spare one; equal priorities in item order. One stable sort on (group, -priority)
+    packed into a float64 key."""
     key = group.double() * KEY_STRIDE - priority.double()
-    order = key.argsort(dim=1)  # (R, N) items grouped, highest priority first
+    order = key.argsort(dim=1, stable=True)  # (R, N) items grouped, highest priority first
     count = group_counts(group, num_groups + 1)  # (R, G + 1)
     start = count.cumsum(1) - count  # (R, G + 1) where each group begins in the sorted order
     sorted_group = group.gather(1, order)
