@@ -121,9 +121,13 @@ def _(scores: torch.Tensor) -> torch.Tensor:
 def fused_kernel_usable() -> bool:
     """Whether CUDA runs the method as one kernel: Triton is installed and the kernel has not
     failed here before."""
-    return _FUSED_KERNEL_FAILED is None and importlib.util.find_spec("triton") is not None
+    global _TRITON_INSTALLED
+    if _TRITON_INSTALLED is None:
+        _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED and _FUSED_KERNEL_FAILED is None
 
 
+_TRITON_INSTALLED: Optional[bool] = None
 _FUSED_KERNEL_FAILED: Optional[str] = None
 
 

@@ -143,6 +143,23 @@ def _select(SOURCE: tl.constexpr, scores_ptr, cand_ptr, value_ptr, num_items, nu
 
 
 @triton.jit
+def _largest(cand_ptr, value_ptr, rows, cols, num_rows, kth, need, taken):
+    """A block of scratch items after a selection: their candidates and values, (BLOCK, E_PAD)
+    membership, and whether each is among its candidate's k largest (above the k-th, or equal
+    to it and among the first ``need`` equal ones in item order, ``taken`` of them in earlier
+    blocks); and (E_PAD,) the block's members equal to the k-th."""
+    in_rows = rows < num_rows
+    cand = tl.load(cand_ptr + rows, mask=in_rows, other=NO_EXPERT)
+    value = tl.load(value_ptr + rows, mask=in_rows, other=0.0)
+    keys = _order_key(value)[:, None]
+    member = cand[:, None] == cols[None, :]
+    equal = (member & (keys == kth[None, :])).to(tl.int64)
+    rank = tl.cumsum(equal, 0) - equal + taken[None, :]
+    largest = (keys > kth[None, :]) | ((equal > 0) & (rank < need[None, :]))
+    return cand, value, member, member & largest, tl.sum(equal, 0)
+
+
+@triton.jit
 def _assignment_kernel(
     scores_ptr, expert_ptr, owner_ptr, bid_ptr, cand_ptr, value_ptr,
     num_items, num_rows, num_experts, capacity,
@@ -248,19 +265,12 @@ def _assignment_kernel(
         taken = tl.zeros((E_PAD,), tl.int64)
         for start in range(0, num_rows, BLOCK):
             rows = start + tl.arange(0, BLOCK)
-            in_rows = rows < num_rows
-            cand = tl.load(cand_ptr + rows, mask=in_rows, other=NO_EXPERT)
-            bid = tl.load(value_ptr + rows, mask=in_rows, other=0.0)
-            keys = _order_key(bid)[:, None]
-            member = cand[:, None] == cols[None, :]
-            equal = member & (keys == kth[None, :])
-            rank = tl.cumsum(equal.to(tl.int64), 0) - equal.to(tl.int64) + taken[None, :]
-            keep = member & ((full[None, :] == 0) | (keys > kth[None, :])
-                             | (equal & (rank < need[None, :])))
-            kept = tl.sum(keep.to(tl.int32), 1) > 0
-            tl.store(owner_ptr + rows, tl.where(kept, cand, NO_EXPERT), mask=in_rows)
-            tl.store(bid_ptr + rows, bid, mask=in_rows)
-            taken += tl.sum(equal.to(tl.int64), 0)
+            cand, bid, member, largest, equal = _largest(cand_ptr, value_ptr, rows, cols,
+                                                         num_rows, kth, need, taken)
+            kept = tl.sum((member & (~full[None, :] | largest)).to(tl.int32), 1) > 0
+            tl.store(owner_ptr + rows, tl.where(kept, cand, NO_EXPERT), mask=rows < num_rows)
+            tl.store(bid_ptr + rows, bid, mask=rows < num_rows)
+            taken += equal
         price = tl.where(full, _key_value(kth), price)
         load = tl.where(full, capacity, bidders)
 
@@ -290,19 +300,13 @@ def _assignment_kernel(
         for start in range(0, num_rows, BLOCK):
             rows = start + tl.arange(0, BLOCK)
             in_rows = rows < num_rows
-            cand = tl.load(cand_ptr + rows, mask=in_rows, other=NO_EXPERT)
-            margin = tl.load(value_ptr + rows, mask=in_rows, other=0.0)
-            keys = _order_key(margin)[:, None]
-            member = cand[:, None] == cols[None, :]
-            equal = member & (keys == kth[None, :])
-            rank = tl.cumsum(equal.to(tl.int64), 0) - equal.to(tl.int64) + taken[None, :]
-            accept = member & (free[None, :] > 0) & (
-                (contested[None, :] == 0) | (keys > kth[None, :])
-                | (equal & (rank < need[None, :])))
+            cand, _, member, largest, equal = _largest(cand_ptr, value_ptr, rows, cols, num_rows,
+                                                       kth, need, taken)
+            accept = member & (free[None, :] > 0) & (~contested[None, :] | largest)
             accepted = tl.sum(accept.to(tl.int32), 1) > 0
             owner = tl.load(owner_ptr + rows, mask=in_rows, other=NO_EXPERT)
             tl.store(owner_ptr + rows, tl.where(accepted, cand, owner), mask=in_rows)
-            taken += tl.sum(equal.to(tl.int64), 0)
+            taken += equal
         load += tl.minimum(proposals, free)
 
     # 5. The unplaced items, in item order, take the free slots in expert order.
