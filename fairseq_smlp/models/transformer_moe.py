@@ -23,7 +23,8 @@ from torch import nn
 
 from ..distributed.expert_placement import exclude_experts_from_ddp
 from ..modules.experts import BatchedFeedForwardExperts
-from ..modules.gates import SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate
+from ..modules.gates import (SECOND_EXPERT_POLICIES, BalancedGate, HashGate, TopKGate,
+                             load_balancing_losses)
 from ..modules.moe_layer import FairseqFFNMoE
 from ..checkpoint.expert_state import ExpertCheckpointMixin
 from .expert_flags import compile_routing_field, placement_for
@@ -183,12 +184,13 @@ class TransformerMoELanguageModel(ExpertCheckpointMixin, TransformerLanguageMode
         for moe in self.moe_layers():
             moe.token_ids, moe.padding = tokens, padding  # (B, L): the layer routes batch-major
             # A layer that --decoder-layerdrop skips must not report its previous forward.
-            moe.gate_loss, moe.stats = None, {}
+            moe.balance_terms, moe.stats = None, {}
 
     def forward(self, src_tokens, **kwargs):
         logits, extra = self.decoder(src_tokens, **kwargs)
         moe_layers = self.moe_layers()
-        extra["moe_gate_losses"] = [m.gate_loss for m in moe_layers if m.gate_loss is not None]
+        terms = [m.balance_terms for m in moe_layers if m.balance_terms is not None]
+        extra["moe_gate_losses"] = load_balancing_losses(terms) if terms else []
         extra["routing_stats"] = routing_stats(self.decoder.layers)
         return logits, extra
 

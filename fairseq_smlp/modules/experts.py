@@ -36,14 +36,19 @@ class BatchedFeedForwardExperts(nn.Module):
         )
         self.fc2_bias = nn.Parameter(
             torch.empty(num_experts, 1, embed_dim).uniform_(-bound_out, bound_out))
+        # Row e: the one-hot of expert e; row E, zeros (the rows of dropped choices). Packed rows
+        # take their biases as a product with their rows of it.
+        self.register_buffer("expert_one_hot", torch.eye(num_experts + 1, num_experts),
+                             persistent=False)
 
-    def forward(self, buffer: torch.Tensor, row_one_hot: Optional[torch.Tensor] = None,
+    def forward(self, buffer: torch.Tensor, row_expert: Optional[torch.Tensor] = None,
                 group_end: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(E, C, D) -> (E, C, D); or, given ``group_end``, packed rows (M, D) -> (M, D), expert
         e applied to rows [group_end[e - 1], group_end[e]), with group_end[-1] = M, and
-        ``row_one_hot`` (M, E) bool marking the expert of each row."""
+        ``row_expert`` (M,) the expert of each row (E: a row whose output is not used, which
+        takes no bias)."""
         if group_end is not None:
-            return self._forward_packed(buffer, row_one_hot, group_end)
+            return self._forward_packed(buffer, row_expert, group_end)
         hidden = self.activation(torch.baddbmm(self.fc1_bias, buffer, self.fc1_weight))  # (E, C, F)
         return torch.baddbmm(self.fc2_bias, hidden, self.fc2_weight)  # (E, C, D)
 
@@ -59,11 +64,11 @@ class BatchedFeedForwardExperts(nn.Module):
             torch.baddbmm(chosen(self.fc1_bias), x, chosen(self.fc1_weight)))  # (N, 1, F)
         return torch.baddbmm(chosen(self.fc2_bias), hidden, chosen(self.fc2_weight)).squeeze(1)
 
-    def _forward_packed(self, rows: torch.Tensor, row_one_hot: torch.Tensor,
+    def _forward_packed(self, rows: torch.Tensor, row_expert: torch.Tensor,
                         group_end: torch.Tensor) -> torch.Tensor:
         # Biases enter as (M, E) one-hot @ (E, F): their gradient is then a matrix product too,
         # not M atomic adds into E rows.
-        one_hot = row_one_hot.to(rows.dtype)
+        one_hot = self.expert_one_hot.to(rows.dtype).index_select(0, row_expert)  # (M, E)
         hidden = torch.addmm(F.grouped_mm(rows, self.fc1_weight, offs=group_end), one_hot,
                              self.fc1_bias.squeeze(1))  # (M, F)
         return torch.addmm(F.grouped_mm(self.activation(hidden), self.fc2_weight, offs=group_end),

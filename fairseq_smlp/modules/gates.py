@@ -8,14 +8,15 @@ other tokens share the batch, later positions included, and would break causalit
 
 import math
 from types import MappingProxyType
-from typing import Mapping, NamedTuple, Optional
+from typing import List, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .balanced_assignment import balanced_assignment
-from .moe_dispatch import expert_load, load_cv
+from .moe_dispatch import expert_load
+from .routing_figures import Balance, MeanEntropy, Record
 
 SECOND_EXPERT_POLICIES = ("sampling", "all", "random")
 # BASE layers initialise the expert centroids orthogonally with this gain (fairseq BaseLayer).
@@ -28,40 +29,39 @@ class GateDecision(NamedTuple):
     backward hooks fairseq's NanDetector puts on every module when gradients overflow) find one.
     """
 
-    expert_index: torch.Tensor  # (S, k) long
+    expert_index: torch.Tensor  # (S, k) long; E (the number of experts): withdrawn
     weight: Optional[torch.Tensor]  # (S, k) combine weight of each choice; None: 1 for all
     capacity: Optional[int]  # slots per expert; None: as many as the largest load
-    aux_loss: Optional[torch.Tensor] = None  # load-balancing loss, for gates that have one
-    stats: Mapping[str, torch.Tensor] = MappingProxyType({})
-    # The weights are renormalised to sum to 1 over the choices kept after capacity (top-2).
-    normalize_kept: bool = False
+    # (E,) for gates with a load-balancing loss: each expert's gate probability summed over the
+    # tokens that are not padding (differentiable); the layer adds the counts of first choices
+    # that routing makes (BalanceTerms).
+    prob_mass: Optional[torch.Tensor] = None
+    stats: Mapping[str, Record] = MappingProxyType({})  # routing_figures.py records
+    # The weights are the chosen experts' logits, and each kept choice weighs their softmax over
+    # the choices kept after capacity: the gate's probabilities renormalised over them (top-2).
+    softmax_kept: bool = False
     # Whether an expert can be chosen more often than its capacity; a gate that never does so
     # (balanced) needs the capacity only to size padded buffers.
     may_overflow: bool = True
 
 
-def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor,
-                        share: torch.Tensor) -> torch.Tensor:
-    """GShard / Switch auxiliary loss E * sum_e f_e * P_e: f_e the fraction of tokens whose first
-    choice is e, P_e the mean gate probability of e, both over the tokens ``share`` (S,) weighs
-    (real_share). 1 when balanced."""
-    num_experts = probs.size(1)
-    fraction = probs.new_zeros(num_experts).scatter_add_(0, first_choice, share)  # (E,) f_e
-    return num_experts * torch.dot(fraction, torch.mv(probs.t(), share))
+class BalanceTerms(NamedTuple):
+    """What a layer's GShard / Switch auxiliary loss E * sum_e f_e * P_e needs: f_e the fraction
+    of the tokens that are not padding whose first choice is e, P_e the mean gate probability
+    of e over them."""
+
+    first_load: torch.Tensor  # (E,) float: the counts behind f
+    prob_mass: torch.Tensor  # (E,) the sums behind P (differentiable)
 
 
-def real_share(tokens: torch.Tensor, padding: Optional[torch.Tensor]) -> torch.Tensor:
-    """(S,) fp32: the weight of each token in a mean over the tokens that are not padding:
-    1 / (real tokens) for those, 0 for padding."""
-    if padding is None:
-        return tokens.new_full(tokens.shape[:1], 1 / max(1, tokens.size(0)), dtype=torch.float)
-    real = padding.logical_not()
-    return real / real.sum().clamp_min(1)
-
-
-def entropy(probs: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
-    """Mean entropy of the gate's distributions, over the tokens ``share`` weighs."""
-    return torch.dot(torch.special.entr(probs).sum(1), share)
+def load_balancing_losses(terms: Sequence[BalanceTerms]) -> List[torch.Tensor]:
+    """The auxiliary loss of each layer's ``terms`` (1 when balanced), computed for all layers
+    together, so that a step launches the same few operators however many MoE layers there
+    are."""
+    first = torch.stack([term.first_load for term in terms])  # (L, E)
+    mass = torch.stack([term.prob_mass for term in terms])  # (L, E)
+    tokens = first.sum(1)  # (L,)
+    return list(((first * mass).sum(1) / tokens.square().clamp_min(1) * first.size(1)).unbind(0))
 
 
 def check_capacity_factor(capacity_factor: float) -> None:
@@ -100,13 +100,12 @@ class TopKGate(nn.Module):
         self.wg = nn.Linear(embed_dim, num_experts, bias=False)
 
     def forward(self, tokens: torch.Tensor, token_ids=None, padding=None) -> GateDecision:
-        # The product in the activations' dtype, the (S, E) logits in fp32.
-        logits = F.linear(tokens, self.wg.weight).float()
-        probs = logits.softmax(-1)
+        # The product in the activations' dtype, the (S, E) softmax in fp32.
+        logits = F.linear(tokens, self.wg.weight)  # (S, E)
+        probs = logits.softmax(-1, dtype=torch.float)
         top, first = probs.max(-1, keepdim=True)  # (S, 1) each
-        share = real_share(tokens, padding)
-        aux_loss = load_balancing_loss(probs, first.squeeze(1), share)
-        stats = {"gate_entropy": entropy(probs.detach(), share)}
+        real_probs = probs if padding is None else probs.masked_fill(padding[:, None], 0.0)
+        stats = {"gate_entropy": MeanEntropy(probs.detach(), padding)}
         if self.k == 1:
             expert_index, weight = first, top
         else:
@@ -116,24 +115,27 @@ class TopKGate(nn.Module):
             capacity = math.ceil(self.capacity_factor * self.k * fair_share)
         else:
             capacity = None
-        return GateDecision(expert_index, weight, capacity, aux_loss, stats,
-                            normalize_kept=self.k == 2)
+        return GateDecision(expert_index, weight, capacity, real_probs.sum(0), stats,
+                            softmax_kept=self.k == 2)
 
     def second_choice(self, logits, probs, first):
-        """(S, 2) experts and weights, from the (S, E) logits and probabilities and the (S, 1)
-        first choices."""
-        masked = logits.scatter(1, first, float("-inf"))
+        """(S, 2) experts and their logits, from the (S, E) logits and probabilities and the
+        (S, 1) first choices; both (S, 2) are views of (2, S) tensors, which routing reads
+        without a copy."""
+        masked = probs.scatter(1, first, -1.0)  # the first choice is never the second
         if self.training and self.second_expert_policy == "sampling":
-            # Gumbel noise: minus the log of a standard exponential draw.
-            masked = masked - torch.empty_like(masked).exponential_().log()
+            # The largest of log p + Gumbel noise: of p / a standard exponential draw.
+            masked = masked / torch.empty_like(masked).exponential_()
         second = masked.argmax(-1, keepdim=True)  # (S, 1)
-        expert_index = torch.cat([first, second], dim=1)  # (S, 2)
-        weight = probs.gather(1, expert_index)  # (S, 2), renormalised once capacity has run
+        expert_index = torch.cat([first.t(), second.t()]).t()  # (S, 2)
+        chosen = logits.t().gather(0, expert_index.t()).t()  # (S, 2) their logits
         if self.training and self.second_expert_policy == "random":
-            keep = torch.rand_like(weight[:, 1:]) < 2 * weight[:, 1:]
+            second_prob = probs.gather(1, second)
+            keep = torch.rand_like(second_prob) < 2 * second_prob
             # A new tensor: the gather above keeps expert_index for its backward pass.
-            expert_index = torch.cat([first, torch.where(keep, second, -1)], dim=1)
-        return expert_index, weight
+            withdrawn = torch.where(keep, second, self.num_experts)
+            expert_index = torch.cat([first.t(), withdrawn.t()]).t()
+        return expert_index, chosen
 
 
 class BalancedGate(nn.Module):
@@ -172,7 +174,7 @@ class BalancedGate(nn.Module):
         else:
             expert, capacity = greedy, None
         weight = torch.sigmoid(affinity.gather(1, expert.unsqueeze(1)))  # (S, 1)
-        stats = {"greedy_load_cv": load_cv(expert_load(greedy, self.num_experts, padding))}
+        stats = {"greedy_load_cv": Balance(expert_load(greedy, self.num_experts, padding))}
         return GateDecision(expert.unsqueeze(1), weight, capacity, None, stats, may_overflow=False)
 
 

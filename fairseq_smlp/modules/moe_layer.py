@@ -15,20 +15,23 @@ from torch import nn
 from ..distributed.expert_placement import ExpertPlacement, group_max, run_experts
 from .compiled_region import CompiledRegion
 from .experts import BatchedFeedForwardExperts, packed_experts_supported
-from .gates import GateDecision
-from .moe_dispatch import BufferRows, assign_rows, combine, dispatch, expert_load, load_cv
+from .gates import BalanceTerms, GateDecision, load_balancing_losses
+from .moe_dispatch import BufferRows, RoutingConstants, assign_rows, combine, dispatch, expert_load
+from .routing_figures import Balance, Dropped, Record
 
 
 class MoELayer(nn.Module):
     """Maps (..., D) to (..., D), tokens served in the order of the rows: sequence by sequence
-    for (B, T, D). After each forward, ``gate_loss`` holds the gate's auxiliary loss (None for
-    gates without one), ``last_assignment`` the (S, k) expert choices and ``stats`` the figures
-    for fairseq's logs: load_cv (balance of the tokens kept), dropped (the fraction of choices
-    over capacity) and the gate's own.
+    for (B, T, D). After each forward, ``balance_terms`` holds what the gate's auxiliary loss
+    needs (None for gates without one; ``gate_loss`` computes it), ``last_assignment`` the (S, k) expert choices (E: withdrawn) and
+    ``stats`` what the figures for fairseq's logs need (routing_figures.py): load_cv (balance of
+    the tokens kept), dropped (the fraction of choices over capacity) and the gate's own.
 
     ``experts`` is built with all E experts; under a parallel ``placement`` this rank keeps its
     share of them (in an FSDP instance of their own under --ddp-backend fully_sharded), every
     rank routes its own tokens and the per-expert buffers travel to the experts' ranks and back.
+    A model computes the auxiliary losses of all its layers together, from each layer's
+    ``balance_terms`` (gates.load_balancing_losses).
     """
 
     stats_name = "moe"
@@ -48,12 +51,14 @@ class MoELayer(nn.Module):
         self.gate = gate
         self.experts = self.placement.place(experts)
         self.num_experts = num_experts
-        self.gate_loss: Optional[torch.Tensor] = None
+        self.routing_constants = RoutingConstants(num_experts)
+        self.balance_terms: Optional[BalanceTerms] = None
         self.last_assignment: Optional[torch.Tensor] = None
-        # (E,) the choices each expert received in the last forward, and those it kept.
+        # (E,) the choices each expert received in the last forward, and the capacity that
+        # dropped what was over it (None: nothing was dropped).
         self.last_load: Optional[torch.Tensor] = None
-        self.last_kept_load: Optional[torch.Tensor] = None
-        self.stats: Dict[str, torch.Tensor] = {}
+        self.last_limit: Optional[int] = None
+        self.stats: Dict[str, Record] = {}
 
     def forward(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None,
                 padding: Optional[torch.Tensor] = None,
@@ -84,39 +89,53 @@ class MoELayer(nn.Module):
             raise ValueError(f"the padding mask has {padding.numel()} positions, the layer's "
                              f"input {tokens.size(0)} tokens")
         decision = self.gate(gate_input, token_ids, padding)
-        if padding is not None:
-            decision = decision._replace(
-                expert_index=decision.expert_index.masked_fill(padding[:, None], -1))
+        if padding is not None:  # in (k, S) layout, which routing reads without a copy
+            decision = decision._replace(expert_index=decision.expert_index.t().masked_fill(
+                padding, self.num_experts).t())
         if self.runs_choices_directly(decision):
-            kept = decision.expert_index >= 0  # withdrawn (padding, top-2 'random'): weight 0
+            withdrawn = decision.expert_index == self.num_experts  # weight 0
             output = self.run_choices(tokens, decision.expert_index,
-                                      combine_weight(decision, kept))
-            load = kept_load = self.choice_load(decision)  # nothing dropped
+                                      combine_weight(decision, withdrawn))
+            load, first_load = self.choice_load(decision.expert_index)
+            limit = None
         else:
             rows = self.buffer_rows(tokens, decision)
             if rows.group_end is not None:
-                expert_output = self.experts(dispatch(tokens, rows), rows.row_one_hot,
+                expert_output = self.experts(dispatch(tokens, rows), rows.row_expert,
                                              rows.group_end)
             else:
                 expert_output = run_experts(dispatch(tokens, rows), self.experts, self.placement)
-            output = combine(expert_output, rows, combine_weight(decision, rows.kept))  # (S, D)
-            load = rows.load
-            kept_load = load if rows.kept_load is None else rows.kept_load
-        self.gate_loss = decision.aux_loss
+            output = combine(expert_output, rows, combine_weight(decision, rows.left_out))
+            load, first_load, limit = rows.load, rows.first_load, rows.limit
+        self.balance_terms = (None if decision.prob_mass is None
+                              else BalanceTerms(first_load, decision.prob_mass))
         self.last_assignment = decision.expert_index
-        self.last_load, self.last_kept_load = load.detach(), kept_load.detach()
-        with torch.no_grad():
-            if kept_load is load:  # nothing could be dropped
-                dropped = torch.zeros((), device=x.device)
-            else:
-                dropped = 1.0 - kept_load.sum() / load.sum().clamp_min(1)
-            self.stats = {"load_cv": load_cv(kept_load), "dropped": dropped, **decision.stats}
+        self.last_load, self.last_limit = load.detach(), limit
+        self.stats = {"load_cv": Balance(self.last_load, limit),
+                      "dropped": Dropped(self.last_load, limit), **decision.stats}
         return output.view_as(x)
 
-    def choice_load(self, decision: GateDecision) -> torch.Tensor:
-        """(E,) the choices each expert received, withdrawn ones (-1) left out."""
-        expert = decision.expert_index
-        return expert_load(expert.clamp_min(0), self.num_experts, expert < 0)
+    @property
+    def gate_loss(self) -> Optional[torch.Tensor]:
+        """The gate's auxiliary loss in the last forward; None for gates without one."""
+        if self.balance_terms is None:
+            return None
+        return load_balancing_losses([self.balance_terms])[0]
+
+    @property
+    def last_kept_load(self) -> Optional[torch.Tensor]:
+        """(E,) the choices each expert kept in the last forward."""
+        if self.last_load is None or self.last_limit is None:
+            return self.last_load
+        return self.last_load.clamp_max(self.last_limit)
+
+    def choice_load(self, expert_index: torch.Tensor):
+        """(E,) the choices each expert received, withdrawn ones (E) left out, and (E,) the
+        first choices."""
+        withdrawn = expert_index == self.num_experts
+        expert = expert_index.masked_fill(withdrawn, 0)
+        load = expert_load(expert, self.num_experts, withdrawn)
+        return load, expert_load(expert[:, 0], self.num_experts, withdrawn[:, 0])
 
     def runs_choices_directly(self, decision: GateDecision) -> bool:
         """Whether to skip the buffers and run each choice through its expert's gathered
@@ -132,7 +151,8 @@ class MoELayer(nn.Module):
         weighted sum of each token's choices, computed choice by choice."""
         k = expert.size(1)
         inputs = tokens.unsqueeze(1).expand(-1, k, -1).reshape(-1, tokens.size(1))  # (S k, D)
-        outputs = self.experts.forward_chosen(inputs, expert.reshape(-1).clamp_min(0))
+        outputs = self.experts.forward_chosen(inputs,
+                                              expert.reshape(-1).clamp_max(self.num_experts - 1))
         return torch.einsum("skd,sk->sd", outputs.view(*expert.shape, tokens.size(1)),
                             weight.to(outputs.dtype))
 
@@ -141,27 +161,30 @@ class MoELayer(nn.Module):
         to the gate's capacity (or the largest load), the same on every rank of the group."""
         if not self.placement.is_parallel and packed_experts_supported(self.experts, tokens):
             capacity = decision.capacity if decision.may_overflow else None
-            return assign_rows(decision.expert_index, self.num_experts, capacity, packed=True)
+            return assign_rows(decision.expert_index, self.num_experts, capacity, packed=True,
+                               constants=self.routing_constants)
         if tokens.is_cuda and tokens.dtype == torch.float16:
             warnings.warn("in fp16 (--fp16) the MoE layers run on padded buffers, since torch's "
                           "grouped matrix product waits on the host in fp16; --bf16 runs them as "
                           "packed groups, which is faster")
         capacity = decision.capacity
         if capacity is None:  # the largest load: read back to size the padded buffer
-            capacity = max(1, int(self.choice_load(decision).max()))
+            capacity = max(1, int(self.choice_load(decision.expert_index)[0].max()))
         capacity, = group_max([capacity], self.placement, tokens.device)
         return assign_rows(decision.expert_index, self.num_experts, capacity)
 
 
-def combine_weight(decision: GateDecision, kept: torch.Tensor) -> torch.Tensor:
-    """(S, k) the weight of each choice in the output: the gate's, 0 where the choice was
-    dropped or withdrawn, renormalised over the kept choices where the gate asks for it."""
+def combine_weight(decision: GateDecision, left_out: torch.Tensor) -> torch.Tensor:
+    """(S, k) the weight of each choice in the output: the gate's, 0 for the choices ``left_out``
+    (dropped or withdrawn), or, for a gate whose weights are its choices' logits, their softmax
+    over the choices kept."""
     if decision.weight is None:
-        return kept  # 1 for a kept choice: the combine casts it to the activations' dtype
-    weight = decision.weight * kept
-    if decision.normalize_kept:
-        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-9)
-    return weight
+        return left_out.logical_not()  # 1 for a kept choice: the combine casts it
+    weight = decision.weight
+    if decision.softmax_kept:
+        lowest = torch.finfo(weight.dtype).min  # finite: a row without a kept choice is no NaN
+        weight = weight.masked_fill(left_out, lowest).softmax(1, dtype=torch.float)
+    return weight.masked_fill(left_out, 0.0)
 
 
 class FairseqFFNMoE(MoELayer):

@@ -17,7 +17,8 @@ from .balanced_assignment import balanced_assignment
 from .causal_product import causal_product
 from .column_permutation import inverse_permutation, permute_columns
 from .compiled_region import CompiledRegion
-from .moe_dispatch import expert_load, load_cv
+from .moe_dispatch import expert_load
+from .routing_figures import Balance, Record
 from .spatial_projection import CausalSpatialProjection
 
 
@@ -104,7 +105,7 @@ class PartialPredictionSMoE(nn.Module):
         placement = placement or ExpertPlacement(num_experts)
         self.experts = placement.place(SpatialExperts(width, num_experts, max_positions, placement))
         self.last_assignment = None
-        self.stats: Dict[str, torch.Tensor] = {}
+        self.stats: Dict[str, Record] = {}
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.region(z, compiled=self.compile_routing)
@@ -120,5 +121,5 @@ class PartialPredictionSMoE(nn.Module):
         mixed = self.experts(z, order, inverse)  # (B, L, H)
         self.last_assignment = expert.detach()
         greedy = scores.detach().max(-1).indices  # (B, H)
-        self.stats = {"greedy_load_cv": load_cv(expert_load(greedy, self.num_experts))}
+        self.stats = {"greedy_load_cv": Balance(expert_load(greedy, self.num_experts))}
         return mixed * gate.to(z.dtype)  # (B, L, H)

@@ -7,6 +7,7 @@ import torch
 from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
+from fairseq_smlp.modules.routing_figures import reduce_figures
 
 S, D, E = 6, 3, 3
 
@@ -36,9 +37,15 @@ def softmax_row(row):
     return [math.exp(v) / z for v in row]
 
 
+def figure(layer, name):
+    return float(reduce_figures(layer.stats)[name])
+
+
 def test_top1_choice_weights_capacity_and_aux_loss():
     tokens = hand_batch()
-    routing = gate(1).train()(tokens)
+    layer = MoELayer(gate(1), BatchedFeedForwardExperts(E, D, 4), E).train()
+    layer(tokens)
+    routing = layer.gate(tokens)
     probs = [softmax_row(row) for row in tokens.tolist()]
     first = [max(range(E), key=lambda e: p[e]) for p in probs]
     assert first == [0, 0, 0, 1, 2, 0]
@@ -48,7 +55,7 @@ def test_top1_choice_weights_capacity_and_aux_loss():
     assert routing.capacity == math.ceil(S / E)  # 2
     f = [first.count(e) / S for e in range(E)]
     mean_p = [sum(p[e] for p in probs) / S for e in range(E)]
-    assert math.isclose(float(routing.aux_loss.detach()),
+    assert math.isclose(float(layer.gate_loss.detach()),
                         E * sum(a * b for a, b in zip(f, mean_p)), rel_tol=1e-5)
 
 
@@ -58,7 +65,7 @@ def test_top1_layer_drops_later_tokens_over_capacity():
     # Expert 0 is first choice of tokens 0, 1, 2, 5 and holds 2: tokens 2 and 5 are dropped.
     assert out[2].abs().sum() == 0 and out[5].abs().sum() == 0
     assert out[0].abs().sum() > 0 and out[1].abs().sum() > 0
-    assert math.isclose(float(layer.stats["dropped"]), 2 / 6, rel_tol=1e-6)
+    assert math.isclose(figure(layer, "dropped"), 2 / 6, rel_tol=1e-6)
 
 
 def test_top2_all_policy_against_a_hand_computation():
@@ -67,10 +74,10 @@ def test_top2_all_policy_against_a_hand_computation():
     probs = [softmax_row(row) for row in tokens.tolist()]
     pairs = [sorted(range(E), key=lambda e: -p[e])[:2] for p in probs]
     assert routing.expert_index.tolist() == pairs
-    # The two probabilities; the layer renormalises them over the choices capacity keeps.
-    want = [[p[a], p[b]] for p, (a, b) in zip(probs, pairs)]
+    # The two logits; the layer takes their softmax over the choices capacity keeps.
+    want = [[row[a], row[b]] for row, (a, b) in zip(tokens.tolist(), pairs)]
     torch.testing.assert_close(routing.weight, torch.tensor(want))
-    assert routing.normalize_kept and routing.capacity == 2 * math.ceil(S / E)
+    assert routing.softmax_kept and routing.capacity == 2 * math.ceil(S / E)
 
 
 def test_top2_layer_equals_a_per_token_loop_with_first_choices_first():
@@ -90,7 +97,8 @@ def test_top2_layer_equals_a_per_token_loop_with_first_choices_first():
                 hidden = experts.activation(
                     tokens[s] @ experts.fc1_weight[e] + experts.fc1_bias[e, 0])
                 ffn = hidden @ experts.fc2_weight[e] + experts.fc2_bias[e, 0]
-                kept[s].append((float(routing.weight[s, choice]), ffn))
+                # exp(logit): proportional to the probability, which is what renormalises
+                kept[s].append((math.exp(float(routing.weight[s, choice])), ffn))
     # The kept choices' probabilities renormalised to sum to 1: weight 1 where one choice is left.
     want = torch.stack([sum(p * ffn for p, ffn in choices) / sum(p for p, _ in choices)
                         if choices else torch.zeros(D) for choices in kept])
@@ -110,18 +118,19 @@ def test_second_expert_policies():
                      E).train()
     layer.gate.capacity_factor = 100.0  # room for everything: nothing is dropped
     layer(tokens)
-    assert float(layer.stats["dropped"]) == 0.0  # withdrawn choices are not drops
+    assert figure(layer, "dropped") == 0.0  # withdrawn choices are not drops
     withdrawn = gate(2, second_expert_policy="random").train()(tokens)
     second = withdrawn.expert_index[:, 1]
-    kept_share = float((second >= 0).float().mean())
-    expected = float((2 * withdrawn.weight[:, 1].detach()).clamp(max=1).mean())
+    kept_share = float((second < E).float().mean())
+    second_prob = (withdrawn.weight[:, 1] - tokens.logsumexp(1)).exp().detach()
+    expected = float((2 * second_prob).clamp(max=1).mean())
     assert abs(kept_share - expected) < 0.08
 
 
 def test_inference_drops_nothing():
     layer = MoELayer(gate(1), BatchedFeedForwardExperts(E, D, 4), E).eval()
     layer(hand_batch())
-    assert float(layer.stats["dropped"]) == 0.0
+    assert figure(layer, "dropped") == 0.0
 
 
 def test_hash_map_is_seeded_and_saved():
@@ -133,7 +142,7 @@ def test_hash_map_is_seeded_and_saved():
     ids = torch.tensor([[3, 9, 3]])
     routing = a(torch.randn(3, 2), ids)
     assert routing.expert_index[:, 0].tolist() == [int(a.token_to_expert[i]) for i in [3, 9, 3]]
-    assert routing.aux_loss is None
+    assert routing.prob_mass is None
 
 
 def test_bad_gate_settings_are_clear_errors():
@@ -177,9 +186,9 @@ def test_padding_takes_no_slot_and_counts_in_neither_the_aux_loss_nor_the_figure
     tokens = hand_batch()
     out = layer(tokens, padding=PADDING)
     # Expert 0 holds 2 (capacity from all 6 positions): the real tokens 2 and 5 now fit.
-    assert layer.last_assignment[:, 0].tolist() == [-1, -1, 0, 1, 2, 0]
+    assert layer.last_assignment[:, 0].tolist() == [E, E, 0, 1, 2, 0]  # E: withdrawn
     assert (out[:2] == 0).all() and (out[2:].abs().sum(1) > 0).all()
-    assert float(layer.stats["dropped"]) == 0
+    assert figure(layer, "dropped") == 0
     probs = [softmax_row(row) for row in tokens[2:].tolist()]
     first = [max(range(E), key=lambda e: p[e]) for p in probs]
     f = [first.count(e) / 4 for e in range(E)]
@@ -196,7 +205,7 @@ def test_padding_leaves_the_balanced_assignment_of_the_real_tokens_optimal():
     tokens = hand_batch()
     layer(tokens, padding=PADDING)
     expert = layer.last_assignment[:, 0].tolist()
-    assert expert[:2] == [-1, -1]
+    assert expert[:2] == [E, E]
     # Every way of giving the 4 real tokens at most ceil(6 / 3) = 2 per expert, the best total.
     real = tokens[2:].tolist()
     best = max(sum(row[e] for row, e in zip(real, choice))
@@ -208,5 +217,5 @@ def test_padding_leaves_the_balanced_assignment_of_the_real_tokens_optimal():
 def test_hash_routing_leaves_padding_out():
     layer = MoELayer(HashGate(10, E, seed=1), BatchedFeedForwardExperts(E, D, 4), E).train()
     out = layer(hand_batch(), torch.tensor([1, 1, 2, 3, 4, 5]), padding=PADDING)
-    assert (layer.last_assignment[:2] == -1).all() and (layer.last_assignment[2:] >= 0).all()
+    assert (layer.last_assignment[:2] == E).all() and (layer.last_assignment[2:] < E).all()
     assert (out[:2] == 0).all()

@@ -9,18 +9,19 @@ from fairseq_smlp.modules.experts import BatchedFeedForwardExperts
 from fairseq_smlp.modules.gates import BalancedGate, HashGate, TopKGate
 from fairseq_smlp.modules.moe_layer import MoELayer
 from fairseq_smlp.modules.moe_dispatch import assign_rows, combine, dispatch
+from fairseq_smlp.modules.routing_figures import reduce_figures
 
 
 def naive_route(tokens, expert_index, weight, num_experts, capacity, expert_fns):
     """Serve choices one at a time, all first choices before any second one; a choice whose
-    expert is full, or withdrawn (-1), is dropped."""
+    expert is full, or withdrawn (E), is dropped."""
     num_tokens, k = expert_index.shape
     load = [0] * num_experts
     out = [torch.zeros_like(tokens[0]) for _ in range(num_tokens)]
     for choice in range(k):
         for token in range(num_tokens):
             e = int(expert_index[token, choice])
-            if e >= 0 and load[e] < capacity:
+            if e < num_experts and load[e] < capacity:
                 load[e] += 1
                 out[token] = out[token] + weight[token, choice] * expert_fns[e](tokens[token])
     return torch.stack(out)
@@ -29,9 +30,10 @@ def naive_route(tokens, expert_index, weight, num_experts, capacity, expert_fns)
 def routed(tokens, expert_index, weight, num_experts, capacity, expert_fns, packed):
     rows = assign_rows(expert_index, num_experts, capacity, packed)
     buffer = dispatch(tokens, rows)
-    weight = weight * rows.kept
+    weight = weight * rows.left_out.logical_not()
     if packed:
-        expert = rows.row_one_hot.long().argmax(1)  # (rows,)
+        # The rows of left-out choices (expert E) run through the last expert, weight 0.
+        expert = rows.row_expert.clamp_max(num_experts - 1)  # (rows,)
         outputs = torch.stack([expert_fns[e](row) for e, row in zip(expert.tolist(), buffer)])
         return combine(outputs, rows, weight)
     assert buffer.shape == (num_experts, capacity, tokens.size(1))
@@ -45,7 +47,7 @@ def test_dispatch_combine_and_their_gradients_equal_a_per_token_loop(k, packed):
     torch.manual_seed(0)
     num_tokens, dim, num_experts, capacity = 10, 4, 3, 3
     expert_index = torch.randint(0, num_experts, (num_tokens, k))
-    expert_index[[1, 6], k - 1] = -1  # withdrawn choices take no slot
+    expert_index[[1, 6], k - 1] = num_experts  # withdrawn choices take no slot
     scales = torch.randn(num_experts, dim)
     expert_fns = [lambda x, e=e: torch.tanh(x * scales[e]) for e in range(num_experts)]
     tokens = torch.randn(num_tokens, dim, requires_grad=True)
@@ -67,13 +69,13 @@ def test_overflow_drops_later_tokens_first(packed):
     expert_index = torch.zeros(5, 1, dtype=torch.long)  # all to expert 0
     rows = assign_rows(expert_index, num_experts=2, capacity=2, packed=packed)
     buffer = dispatch(tokens, rows)
-    assert rows.kept[:, 0].tolist() == [True, True, False, False, False]
-    assert rows.load.tolist() == [5, 0] and rows.kept_load.tolist() == [2, 0]
+    assert rows.left_out[:, 0].tolist() == [False, False, True, True, True]
+    assert rows.load.tolist() == [5, 0] and rows.limit == 2
     if packed:
         # Expert 0's two rows, then the dropped choices inside the last group.
         assert rows.row_choice.tolist() == [0, 1, 2, 3, 4]
         assert rows.group_end.tolist() == [2, 5]
-        assert rows.row_one_hot.long().argmax(1).tolist() == [0, 0, 1, 1, 1]
+        assert rows.row_expert.tolist() == [0, 0, 2, 2, 2]  # 2 = E: dropped
     else:
         assert rows.row_choice.tolist() == [0, 1, 5, 5]  # 5 = k S: empty
         assert buffer[0, :, 0].tolist() == [1.0, 2.0]
@@ -85,7 +87,7 @@ def test_first_choices_take_priority_over_second_choices(packed):
     expert_index = torch.tensor([[1, 0], [0, 1], [0, 1]])
     rows = assign_rows(expert_index, num_experts=2, capacity=2, packed=packed)
     # Expert 0 gets the first choices of tokens 1 and 2 and is then full for token 0's second.
-    assert rows.kept.tolist() == [[True, False], [True, True], [True, False]]
+    assert rows.left_out.tolist() == [[False, True], [False, False], [False, True]]
     # Choices j * S + s: expert 0 holds 1 and 2, expert 1 holds 0 and 4.
     held = [1, 2, 0, 4]
     if packed:
@@ -154,4 +156,4 @@ def test_a_few_tokens_skip_the_buffers_and_get_what_the_buffers_give(name):
     for direct, buffered in zip(*results):
         if direct is not None:
             torch.testing.assert_close(direct, buffered)
-    assert float(layer.stats["dropped"]) == 0.0
+    assert float(reduce_figures(layer.stats)["dropped"]) == 0.0
