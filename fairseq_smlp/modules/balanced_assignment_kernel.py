@@ -28,10 +28,11 @@ BLOCK_ON_DEVICE = 32
 # The interpreter pays per operation, not per element: larger blocks, fewer operations.
 BLOCK_INTERPRETED = 1024
 
-# What the scratch candidate slots hold for an item that makes no proposal.
-NO_EXPERT = -1
-_SCORES, _SCRATCH = 0, 1  # what a radix selection ranks: thresholds from the scores, or scratch
-_HALF = 2147483648  # 2**31
+# Globals a kernel reads must be constexpr. What the scratch candidate slots hold for an item
+# that makes no proposal; what a radix selection ranks: thresholds from the scores, or scratch.
+NO_EXPERT = tl.constexpr(-1)
+_SCORES = tl.constexpr(0)
+_SCRATCH = tl.constexpr(1)
 
 
 @triton.jit
@@ -63,10 +64,10 @@ def _scores(scores_ptr, rows, cols, num_items, num_experts, low, tie_scale):
     shifted = tl.where(finite, raw - low, 0.0)
     item = rows[:, None].to(tl.int64)
     expert = cols[None, :].to(tl.int64)
-    key = ((item * 73856093) ^ (expert * 19349663)) & 0xFFFFFFFF
-    key = (key * 40503) & 0xFFFFFFFF
+    key = ((item * 73856093) ^ (expert * 19349663)) % 4294967296
+    key = (key * 40503) % 4294967296
     key = key ^ (key >> 15)
-    tie = (key & 0xFFFF).to(tl.float32) / 65536.0
+    tie = (key % 65536).to(tl.float32) / 65536.0
     return tl.where(cols[None, :] < num_experts, shifted + tie_scale * tie, float("-inf"))
 
 
@@ -117,7 +118,7 @@ def _select(SOURCE: tl.constexpr, scores_ptr, cand_ptr, value_ptr, num_items, nu
     remaining = k
     exists = cols >= 0
     for level in tl.static_range(8):
-        shift: tl.constexpr = 28 - 4 * level
+        shift = 28 - 4 * level
         counts = tl.zeros((E_PAD, 16), tl.int32)
         for start in range(0, num_rows, BLOCK):
             rows = start + tl.arange(0, BLOCK)
@@ -195,15 +196,17 @@ def _assignment_kernel(
     tie_scale = TIE * spread
 
     # 1. Sinkhorn prices.
-    largest = tl.full((BLOCK, E_PAD), float("-inf"), tl.float32)
+    peak = tl.full((BLOCK, E_PAD), float("-inf"), tl.float32)
     for start in range(0, num_rows, BLOCK):
         rows = start + tl.arange(0, BLOCK)
         values = _scores(scores_ptr, rows, cols, num_items, num_experts, low, tie_scale)
-        largest = tl.maximum(largest, tl.where(rows[:, None] < num_rows, values, float("-inf")))
-    top = tl.max(tl.max(largest, 1), 0)
+        peak = tl.maximum(peak, tl.where(rows[:, None] < num_rows, values, float("-inf")))
+    top = tl.max(tl.max(peak, 1), 0)
     temperature = TEMPERATURE * spread
     expert_scale = tl.where(valid, 1.0, 0.0)
-    for _ in range(SINKHORN):
+    # Loop counters are named: Triton takes every `_` of the kernel for one variable, whose
+    # type must not change across a loop.
+    for step in range(SINKHORN):
         column = tl.zeros((E_PAD,), tl.float32)
         for start in range(0, num_rows, BLOCK):
             rows = start + tl.arange(0, BLOCK)
@@ -218,7 +221,7 @@ def _assignment_kernel(
 
     # 2. Clearing prices: midway between the C-th and (C + 1)-th largest thresholds.
     k = tl.where(valid, capacity, 1).to(tl.int64)
-    for _ in range(PRICE):
+    for step in range(PRICE):
         kth, exists, remaining = _select(_SCORES, scores_ptr, cand_ptr, value_ptr, num_items,
                                          num_rows, num_experts, low, tie_scale, price, k,
                                          BLOCK, E_PAD)
@@ -242,7 +245,7 @@ def _assignment_kernel(
         tl.store(owner_ptr + rows, tl.full((BLOCK,), NO_EXPERT, tl.int32), mask=rows < num_rows)
         tl.store(bid_ptr + rows, tl.zeros((BLOCK,), tl.float32), mask=rows < num_rows)
     load = tl.zeros((E_PAD,), tl.int32)
-    for _ in range(AUCTION):
+    for step in range(AUCTION):
         bidders = tl.zeros((E_PAD,), tl.int32)
         for start in range(0, num_rows, BLOCK):
             rows = start + tl.arange(0, BLOCK)
@@ -275,7 +278,7 @@ def _assignment_kernel(
         load = tl.where(full, capacity, bidders)
 
     # 4. Closing rounds: proposals to the best expert with room, the largest margins accepted.
-    for _ in range(CLOSING):
+    for step in range(CLOSING):
         free = tl.where(valid, capacity - load, 0)
         proposals = tl.zeros((E_PAD,), tl.int32)
         for start in range(0, num_rows, BLOCK):
@@ -300,8 +303,8 @@ def _assignment_kernel(
         for start in range(0, num_rows, BLOCK):
             rows = start + tl.arange(0, BLOCK)
             in_rows = rows < num_rows
-            cand, _, member, largest, equal = _largest(cand_ptr, value_ptr, rows, cols, num_rows,
-                                                       kth, need, taken)
+            cand, margin, member, largest, equal = _largest(cand_ptr, value_ptr, rows, cols,
+                                                            num_rows, kth, need, taken)
             accept = member & (free[None, :] > 0) & (~contested[None, :] | largest)
             accepted = tl.sum(accept.to(tl.int32), 1) > 0
             owner = tl.load(owner_ptr + rows, mask=in_rows, other=NO_EXPERT)

@@ -2,6 +2,10 @@
 twin ``solve`` (the same steps as tensor operators, which test_balanced_assignment.py holds to
 the optimum) and against the method's promises. The interpreter takes a few seconds a problem."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -56,3 +60,34 @@ def test_places_placeholders_padding_and_non_finite_scores_as_its_twin():
     expert, twin = kernel(scores), solve(scores)
     assert torch.bincount(expert[0], minlength=6).max() <= 9  # ceil(50 / 6)
     assert torch.equal(expert, twin)
+
+
+# Builds the kernel as a launch on a GPU would, through Triton's compiler and the ptxas it ships,
+# for an H100 (sm_90): no GPU is needed to compile.
+COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from fairseq_smlp.modules import balanced_assignment as method
+from fairseq_smlp.modules import balanced_assignment_kernel as kernel
+
+pointers = dict(scores_ptr="*fp32", expert_ptr="*i64", owner_ptr="*i32", bid_ptr="*fp32",
+                cand_ptr="*i32", value_ptr="*fp32")
+sizes = dict(num_items="i32", num_rows="i32", num_experts="i32", capacity="i32")
+constants = dict(SINKHORN=method.SINKHORN_ITERATIONS, TEMPERATURE=method.SINKHORN_TEMPERATURE,
+                 PRICE=method.PRICE_STEPS, AUCTION=method.AUCTION_ROUNDS, EPS=method.AUCTION_EPS,
+                 CLOSING=method.CLOSING_ROUNDS, TIE=method.TIE_BREAK,
+                 BLOCK=kernel.BLOCK_ON_DEVICE, E_PAD=16)
+signature = {**pointers, **sizes, **{name: "constexpr" for name in constants}}
+source = triton.compiler.ASTSource(kernel._assignment_kernel, signature, constants)
+print(sorted(triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm))
+"""
+
+
+def test_compiles_for_a_gpu(tmp_path):
+    """The interpreter runs what Triton's compiler refuses (globals that are not constexpr, a
+    loop-carried variable whose type changes): build it for real."""
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True,
+                            env=dict(env, TRITON_CACHE_DIR=str(tmp_path)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cubin" in result.stdout
