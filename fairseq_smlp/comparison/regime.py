@@ -28,15 +28,20 @@ TRANSFORMER_MOES = ("gshard", "switch", "base", "hash")
 EXPERT_LABEL = re.compile(r"^(?P<system>.+)_e(?P<count>[1-9][0-9]*)$")
 
 
+# Seeds a run needs before its range can be apart from another's or decide a claim.
+MIN_SEEDS = 2
+
+
 @dataclass(frozen=True)
 class SeedRange:
     mean: float
     low: float
     high: float
+    seeds: int
 
     @classmethod
     def of(cls, values: Sequence[float]) -> "SeedRange":
-        return cls(statistics.fmean(values), min(values), max(values))
+        return cls(statistics.fmean(values), min(values), max(values), len(values))
 
     def below(self, other: "SeedRange") -> bool:
         """Every seed of this one under every seed of ``other``."""
@@ -50,11 +55,17 @@ class ExpertGain:
     one_expert: str  # the run label of the one-expert twin
     many_experts: str
     ratio: float  # mean ppl(1 expert) / mean ppl(K experts)
-    apart: bool  # the K-expert seeds all below the one-expert seeds
+    # The K-expert seeds all below the one-expert seeds; None: too few seeds to say.
+    apart: Optional[bool]
 
     @property
     def gains(self) -> bool:
-        return self.ratio >= GAIN_RATIO and self.apart
+        return self.ratio >= GAIN_RATIO and bool(self.apart)
+
+    @property
+    def undecided(self) -> bool:
+        """R says it gains, but too few seeds to tell that from seed noise."""
+        return self.ratio >= GAIN_RATIO and self.apart is None
 
 
 @dataclass(frozen=True)
@@ -97,8 +108,8 @@ def expert_gains(trailing: Dict[str, SeedRange]) -> List[ExpertGain]:
         if twin not in trailing:
             continue
         one = trailing[twin]
-        gains.append(ExpertGain(system, count, twin, label, one.mean / many.mean,
-                                many.below(one)))
+        apart = many.below(one) if min(one.seeds, many.seeds) >= MIN_SEEDS else None
+        gains.append(ExpertGain(system, count, twin, label, one.mean / many.mean, apart))
     return gains
 
 
@@ -111,8 +122,14 @@ def check(trailing: Dict[str, SeedRange],
     if not gains:
         return None
     informative = any(gain.gains for gain in gains if gain.family in WITNESSES)
-    return RegimeCheck(gains, informative, [experts_claim(gains), quality_claim(trailing),
-                                            speed_claim(trailing, seconds_to_target)])
+    claims = [experts_claim(gains), quality_claim(trailing),
+              speed_claim(trailing, seconds_to_target)]
+    if min(seeds.seeds for seeds in trailing.values()) < MIN_SEEDS:
+        claims = [claim if claim.holds is None else
+                  Claim(claim.text, None, f"{claim.evidence}; fewer than {MIN_SEEDS} seeds of "
+                                          f"some run: not yet a finding")
+                  for claim in claims]
+    return RegimeCheck(gains, informative, claims)
 
 
 def experts_claim(gains: Sequence[ExpertGain]) -> Claim:
@@ -173,11 +190,18 @@ def markdown(regime: RegimeCheck) -> List[str]:
              f"{GAIN_RATIO} and the seed ranges are apart.", "",
              "| family | K | 1-expert run | R | seeds apart | gains |", "|---|---|---|---|---|---|"]
     for gain in regime.gains:
+        apart = {True: "yes", False: "no", None: f"under {MIN_SEEDS} seeds"}[gain.apart]
         lines.append(f"| {gain.family} | {gain.experts} | {gain.one_expert} | {gain.ratio:.3f} | "
-                     f"{'yes' if gain.apart else 'no'} | {'yes' if gain.gains else 'no'} |")
+                     f"{apart} | {'yes' if gain.gains else 'no'} |")
+    undecided = [gain for gain in regime.gains if gain.family in WITNESSES and gain.undecided]
     if regime.informative:
         lines += ["", "Informative for the paper's question: a witness family (Switch or Hash) "
                   "gains from its experts here."]
+    elif undecided:
+        lines += ["", "Undecided: " + ", ".join(f"{gain.family} (R = {gain.ratio:.3f})"
+                                                for gain in undecided)
+                  + f" would gain from its experts, on fewer than {MIN_SEEDS} seeds; more seeds "
+                  "decide whether this size is informative."]
     else:
         lines += ["", "Inconclusive at this size: neither Switch nor Hash gains from its experts "
                   "here, so the order of the table above says nothing of what sparsity buys."]

@@ -50,3 +50,19 @@ def test_inconclusive_where_no_witness_gains():
 
 def test_no_check_without_a_one_expert_twin():
     assert check(table(transformer=[100.0], smlp_deterministic=[90.0]), {}) is None
+
+
+def test_one_seed_decides_nothing():
+    """R from one seed a run is shown, but neither called apart nor a gain, and no claim is
+    settled: the message says more seeds decide."""
+    single = {label: SeedRange.of([seeds.mean]) for label, seeds in HAND.items()}
+    result = check(single, {"transformer": 300.0, "smlp_deterministic_e8": 200.0})
+    switch = next(g for g in result.gains if g.family == "switch")
+    assert switch.ratio == pytest.approx(102.0 / 96.8)
+    assert switch.apart is None and not switch.gains and switch.undecided
+    assert not result.informative
+    assert all(claim.holds is None for claim in result.claims)
+    assert "not yet a finding" in result.claims[0].evidence
+    lines = regime.markdown(result)
+    assert any(line.startswith("Undecided: switch (R = 1.054)") for line in lines)
+    assert any("| switch | 8 | switch_e1 | 1.054 | under 2 seeds | no |" in line for line in lines)
