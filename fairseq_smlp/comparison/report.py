@@ -765,6 +765,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     )
     args = parser.parse_args(argv)
     out_dir = args.out or args.runs_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        parser.exit(1, f"{parser.prog}: error: --out {out_dir} is a file; it must be a directory "
+                       f"(made if missing)\n")
     written = date.today()
     try:
         report = summarize(read_runs(args.runs_dir, skip=[out_dir]), args.reference)

@@ -315,6 +315,14 @@ def test_missing_or_empty_runs_dir_is_named(tmp_path, capsys):
     assert f"RUNS_DIR {tmp_path} holds no run directories" in report_error(capsys, tmp_path)
 
 
+def test_out_that_is_a_file_is_refused_and_left_as_it_was(runs_dir, tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    error = report_error(capsys, runs_dir, "--out", taken)
+    assert f"--out {taken} is a file; it must be a directory (made if missing)" in error
+    assert taken.read_text() == "mine" and not (runs_dir / "results.md").exists()
+
+
 def test_run_without_log_or_system_json_is_named(tmp_path, capsys):
     run = write_run(tmp_path, "transformer")
     (run / "train.log").unlink()
