@@ -92,6 +92,8 @@ def read_system(path: Path) -> dict:
         f"write it with `python -m fairseq_smlp.comparison.flops DATA_BIN <the system's "
         f"fairseq-train flags> --json > {path}`"
     )
+    if path.is_dir():
+        raise ReportError(f"{path}: a directory; it must be a file: {how}")
     if not path.is_file():
         raise ReportError(f"{path}: missing; {how}")
     system = read_json_object(path, how)
@@ -99,8 +101,11 @@ def read_system(path: Path) -> dict:
     if missing:
         raise ReportError(f"{path}: no {', '.join(missing)}; {how}")
     for key in SYSTEM_NUMBER_KEYS:
-        if isinstance(system[key], bool) or not isinstance(system[key], (int, float)):
-            raise ReportError(f"{path}: {key} must be a number; got {system[key]!r}")
+        value = system[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ReportError(f"{path}: {key} must be a number; got {value!r}")
+        if not 0 < value < math.inf:
+            raise ReportError(f"{path}: {key} must be a finite number > 0; got {value!r}; {how}")
     return system
 
 

@@ -336,6 +336,22 @@ def test_run_without_log_or_system_json_is_named(tmp_path, capsys):
            "fairseq_smlp.comparison.flops" in error
 
 
+@pytest.mark.parametrize("value", [float("nan"), -5, 0, float("inf")])
+def test_system_json_with_a_count_that_is_no_count_is_named(tmp_path, capsys, value):
+    system = dict(system_json("transformer"), total_params=value)
+    run = write_run(tmp_path, "transformer", system=system)
+    assert f"{run / 'system.json'}: total_params must be a finite number > 0; got {value!r}" \
+        in report_error(capsys, tmp_path)
+
+
+def test_system_json_that_is_a_directory_is_named(tmp_path, capsys):
+    run = write_run(tmp_path, "transformer")
+    (run / "system.json").unlink()
+    (run / "system.json").mkdir()
+    assert f"{run / 'system.json'}: a directory; it must be a file" in report_error(capsys,
+                                                                                   tmp_path)
+
+
 def test_system_json_without_a_key_is_named(tmp_path, capsys):
     system = {"arch": "transformer_lm", "task": "language_modeling", "train_flops_per_token": 1e6,
               "total_params": 1000}
