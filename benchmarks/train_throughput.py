@@ -4,7 +4,7 @@ and model FLOPs utilisation (MFU) against the device's matrix-multiply peak, mea
 same run.
 
     python benchmarks/train_throughput.py DATA_BIN [--scale cpu] [--updates 60] [--rounds 3]
-        [--systems a,b] [--batch-size 16] [-- extra fairseq-train flags]
+        [--systems a,b_e8] [--batch-size 16] [--json-out FILE] [-- extra fairseq-train flags]
     python benchmarks/train_throughput.py DATA_BIN --scale gpu --batch-size 16 -- --bf16
 
 Systems and their equal-FLOPs sizes come from fairseq_smlp/comparison/systems.py, FLOPs per
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import fairseq_smlp
 from fairseq_smlp.comparison.flops import model_costs, parse_training_args, vocabulary_size
-from fairseq_smlp.comparison.systems import SCALES, SYSTEMS, system
+from fairseq_smlp.comparison.systems import SCALES, SYSTEMS, label_flags
 from fairseq_smlp.comparison.train_log import PROGRESS_LINE
 
 USER_DIR = str(Path(fairseq_smlp.__file__).parent)
@@ -64,7 +64,7 @@ def training_flags(data: str, name: str, scale: str, batch_size: int, extra, *ow
     """fairseq-train's flags for system ``name`` on one device (as the matmul peak is measured),
     as the throughput benchmarks train it: ``own`` flags, then the ``extra`` ones after '--',
     which may override them."""
-    return [data, "--user-dir", USER_DIR, *system(name).flags(scale),
+    return [data, "--user-dir", USER_DIR, *label_flags(name, scale),
             "--sample-break-mode", "none", "--batch-size", str(batch_size),
             "--optimizer", "adam", "--lr", "1e-4", "--num-workers", "0", *own,
             *([] if torch.cuda.is_available() else ["--cpu"]), *extra,
@@ -89,7 +89,11 @@ def main():
                         help="fairseq-train runs per system, taking turns; the fastest counts")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per update")
     parser.add_argument("--systems", default=",".join(s.name for s in SYSTEMS),
-                        help="comma-separated systems to run (default: all)")
+                        help="comma-separated systems to run, or run labels with an expert "
+                        "count such as switch_e8 (default: all)")
+    parser.add_argument("--json-out", type=Path, default=None, metavar="FILE",
+                        help="also write each one's tokens/s there, for the comparison "
+                        "report's --throughput")
     own, extra = split_at_double_dash(sys.argv[1:])
     args = parser.parse_args(own)
     cuda = torch.cuda.is_available()
@@ -101,8 +105,10 @@ def main():
     else:
         dtype = torch.float32
     peak = matmul_peak(device, dtype, 8192 if cuda else 1024)
-    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; {str(dtype).split('.')[-1]} matmul peak {peak / 1e12:.2f} TFLOP/s")
+    name_of_device = (torch.cuda.get_device_name() if cuda
+                      else f"CPU, {torch.get_num_threads()} threads")
+    print(f"device: {name_of_device}; {str(dtype).split('.')[-1]} matmul peak "
+          f"{peak / 1e12:.2f} TFLOP/s")
 
     log_interval = max(args.updates // 6, 1)
     names = args.systems.split(",")
@@ -139,6 +145,12 @@ def main():
         achieved = rate * flops
         print(f"{name:<20}{flops / 1e6:>14.1f}{rate:>12,.0f}{ratio:>9}{achieved / 1e12:>9.3f}"
               f"{achieved / peak:>7.1%}")
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps({
+            "device": name_of_device, "scale": args.scale, "updates": args.updates,
+            "rounds": args.rounds, "extra_flags": extra,
+            "tokens_per_second": {name: rate for name, _, rate in rows}}, indent=2) + "\n")
+        print(f"wrote {args.json_out}")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ R >= GAIN_RATIO with the two runs' seed ranges apart. Otherwise it is inconclusi
 and the report says so rather than rank.
 """
 
-import re
 import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
+
+from .systems import label_parts
 
 # A gain smaller than this is within what seeds and a corpus this small move.
 GAIN_RATIO = 1.03
@@ -25,7 +26,6 @@ WITNESSES = ("switch", "hash")
 SPARSE_MLP = "smlp_deterministic"
 DENSE_TRANSFORMER = "transformer"
 TRANSFORMER_MOES = ("gshard", "switch", "base", "hash")
-EXPERT_LABEL = re.compile(r"^(?P<system>.+)_e(?P<count>[1-9][0-9]*)$")
 
 
 # Seeds a run needs before its range can be apart from another's or decide a claim.
@@ -82,16 +82,10 @@ class RegimeCheck:
     claims: List[Claim]
 
 
-def family_of(label: str):
-    """(system, expert count or None) of a run label such as 'switch_e8'."""
-    match = EXPERT_LABEL.match(label)
-    return (match["system"], int(match["count"])) if match else (label, None)
-
-
 def has_experts(label: str) -> bool:
     """Whether the run has more than one expert a layer: its label's count, or its system's own
     (more than one at every scale)."""
-    count = family_of(label)[1]
+    count = label_parts(label)[1]
     return count is None or count > 1
 
 
@@ -99,7 +93,7 @@ def expert_gains(trailing: Dict[str, SeedRange]) -> List[ExpertGain]:
     """Every (family, K > 1) that has a one-expert twin among the runs."""
     gains = []
     for label, many in sorted(trailing.items()):
-        system, count = family_of(label)
+        system, count = label_parts(label)
         if count is None or count == 1:
             continue
         twin = f"{system}_e1"
@@ -113,17 +107,17 @@ def expert_gains(trailing: Dict[str, SeedRange]) -> List[ExpertGain]:
     return gains
 
 
-def check(trailing: Dict[str, SeedRange],
-          seconds_to_target: Dict[str, Optional[float]]) -> Optional[RegimeCheck]:
+def check(trailing: Dict[str, SeedRange], seconds_to_target: Dict[str, Optional[float]],
+          clock: str = "each at the tokens/s of its own runs") -> Optional[RegimeCheck]:
     """The regime check and the paper's claims from each run label's trailing perplexities and
     its mean wall-clock to the dense Transformer's final perplexity (None: not every seed
-    reached it); None when no family has a one-expert twin."""
+    reached it; ``clock`` says what timed them); None when no family has a one-expert twin."""
     gains = expert_gains(trailing)
     if not gains:
         return None
     informative = any(gain.gains for gain in gains if gain.family in WITNESSES)
     claims = [experts_claim(gains), quality_claim(trailing),
-              speed_claim(trailing, seconds_to_target)]
+              speed_claim(trailing, seconds_to_target, clock)]
     if min(seeds.seeds for seeds in trailing.values()) < MIN_SEEDS:
         claims = [claim if claim.holds is None else
                   Claim(claim.text, None, f"{claim.evidence}; fewer than {MIN_SEEDS} seeds of "
@@ -148,8 +142,8 @@ def quality_claim(trailing: Dict[str, SeedRange]) -> Claim:
     text = ("sMLP with experts beats gMLP and every Transformer MoE at equal FLOPs (trailing "
             "perplexity, every seed)")
     smlp = sparse_mlp_with_experts(trailing)
-    rivals = [label for label in trailing if family_of(label)[0] == "gmlp"
-              or (family_of(label)[0] in TRANSFORMER_MOES and has_experts(label))]
+    rivals = [label for label in trailing if label_parts(label)[0] == "gmlp"
+              or (label_parts(label)[0] in TRANSFORMER_MOES and has_experts(label))]
     if smlp is None or not rivals:
         return Claim(text, None, "needs smlp_deterministic with experts and gMLP or a "
                                  "Transformer MoE")
@@ -162,8 +156,8 @@ def quality_claim(trailing: Dict[str, SeedRange]) -> Claim:
     return Claim(text, len(beaten) == len(rivals), evidence)
 
 
-def speed_claim(trailing: Dict[str, SeedRange],
-                seconds_to_target: Dict[str, Optional[float]]) -> Claim:
+def speed_claim(trailing: Dict[str, SeedRange], seconds_to_target: Dict[str, Optional[float]],
+                clock: str) -> Claim:
     text = "sMLP reaches the dense Transformer's final perplexity sooner in wall-clock"
     smlp = sparse_mlp_with_experts(trailing)
     if smlp is None or DENSE_TRANSFORMER not in seconds_to_target:
@@ -174,14 +168,14 @@ def speed_claim(trailing: Dict[str, SeedRange],
     if mine is None:
         return Claim(text, False, f"{smlp} did not reach it in every seed")
     return Claim(text, mine < dense, f"{smlp} in {mine:.0f} s, transformer in {dense:.0f} s, "
-                                     f"each at the tokens/s of its own runs")
+                                     f"{clock}")
 
 
 def sparse_mlp_with_experts(trailing: Dict[str, SeedRange]) -> Optional[str]:
     """The label of the sMLP run with the most experts, if more than one."""
     labels = [label for label in trailing
-              if family_of(label)[0] == SPARSE_MLP and has_experts(label)]
-    return max(labels, key=lambda label: family_of(label)[1] or 0, default=None)
+              if label_parts(label)[0] == SPARSE_MLP and has_experts(label)]
+    return max(labels, key=lambda label: label_parts(label)[1] or 0, default=None)
 
 
 def markdown(regime: RegimeCheck) -> List[str]:

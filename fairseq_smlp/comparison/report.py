@@ -20,6 +20,7 @@ figures.
 """
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -51,6 +52,7 @@ from .zero_shot_table import (  # noqa: E402
 )
 
 TRAIN_LOG, SYSTEM_JSON, TRAILING_LOG = "train.log", "system.json", "valid_trailing.log"
+THROUGHPUT_JSON = "throughput.json"
 SEED_DIR = re.compile(r"seed(\d+)")
 RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
 PLOT_VS_TIME, PLOT_VS_UPDATES = "valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"
@@ -107,6 +109,31 @@ def read_system(path: Path) -> dict:
         if not 0 < value < math.inf:
             raise ReportError(f"{path}: {key} must be a finite number > 0; got {value!r}; {how}")
     return system
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Tokens/s of each run label measured apart (benchmarks/train_throughput.py --json-out):
+    the time to a perplexity is then the updates a run took to reach it, times its tokens per
+    update, over that rate, whatever else shared the machine while it trained."""
+
+    tokens_per_second: Dict[str, float]
+    device: str
+    path: Path
+
+
+def read_throughput(path: Path) -> Throughput:
+    how = ("write it with `python benchmarks/train_throughput.py DATA_BIN --systems <the runs' "
+           f"labels> --json-out {path}`")
+    if not path.is_file():
+        raise ReportError(f"{path}: no such file; {how}")
+    figures = read_json_object(path, how)
+    rates = figures.get("tokens_per_second")
+    if not isinstance(rates, dict) or not all(
+            isinstance(rate, (int, float)) and not isinstance(rate, bool)
+            and 0 < rate < math.inf for rate in rates.values()):
+        raise ReportError(f"{path}: tokens_per_second must map run labels to rates > 0; {how}")
+    return Throughput(rates, str(figures.get("device", "unknown device")), path)
 
 
 def read_run(name: str, seed: Optional[int], path: Path) -> Run:
@@ -248,6 +275,7 @@ class Report:
     reference_ppl: Optional[float]  # what every system is timed to reach; None: nothing (timed)
     ranked_on_trailing: bool  # every run has its trailing perplexity
     zero_shot: Dict[str, Dict[str, TaskScore]]  # system -> task -> score, in the rows' order
+    throughput: Optional[Throughput] = None  # what timed the runs, if not their own wall-clock
 
 
 def choose_reference(runs: Dict[str, List[Run]], reference: Optional[str]) -> Optional[str]:
@@ -263,22 +291,28 @@ def choose_reference(runs: Dict[str, List[Run]], reference: Optional[str]) -> Op
     return reference
 
 
-def seconds_to_reach(valid: Sequence[ValidPoint], ppl: float) -> Optional[float]:
+def wall_clock(point: ValidPoint) -> float:
+    return point.seconds
+
+
+def seconds_to_reach(valid: Sequence[ValidPoint], ppl: float,
+                     clock: Callable[[ValidPoint], float] = wall_clock) -> Optional[float]:
     """When the run reached perplexity ``ppl``: interpolated linearly in log-perplexity between
     the last validation above it and the first at or below it (the time of the first validation
-    when that one is already there); None when no validation reached it."""
+    when that one is already there); None when no validation reached it. ``clock``: the time of
+    a validation (default: fairseq's wall-clock at it)."""
     for index, point in enumerate(valid):
         if point.ppl <= ppl:
             break
     else:
         return None
     if index == 0:
-        return point.seconds
+        return clock(point)
     before = valid[index - 1]
     if not math.isfinite(before.ppl):
-        return point.seconds
+        return clock(point)
     share = math.log(before.ppl / ppl) / math.log(before.ppl / point.ppl)
-    return before.seconds + share * (point.seconds - before.seconds)
+    return clock(before) + share * (clock(point) - clock(before))
 
 
 def processed_per_scored(tokens_per_sample: int, prediction_fraction: float) -> float:
@@ -309,8 +343,13 @@ def reference_target(runs: Dict[str, List[Run]], reference: Optional[str]) -> Op
                default=None)
 
 
-def seed_row(run: Run, target: Optional[float]) -> Row:
-    """The run's figures; its speed-up is set once the reference's time is known."""
+def updates_clock(point: ValidPoint, seconds_per_update: float) -> float:
+    return point.num_updates * seconds_per_update
+
+
+def seed_row(run: Run, target: Optional[float], rate: Optional[float] = None) -> Row:
+    """The run's figures; its speed-up is set once the reference's time is known. ``rate``:
+    its tokens/s measured apart, which then times it instead of its own wall-clock."""
     log, system = run.log, run.system
     finite = [point.ppl for point in log.valid if math.isfinite(point.ppl)]
     partial = is_partial(run)
@@ -319,7 +358,12 @@ def seed_row(run: Run, target: Optional[float]) -> Row:
                  if partial else 1.0)
     # A partial-prediction curve covers the trailing positions only: it is not timed against
     # a whole-sequence perplexity.
-    seconds = seconds_to_reach(log.valid, target) if target is not None and not partial else None
+    clock = wall_clock
+    if rate is not None:  # updates x tokens per update / the measured tokens/s
+        seconds_per_update = log.train_tokens * processed / max(log.num_updates, 1) / rate
+        clock = functools.partial(updates_clock, seconds_per_update=seconds_per_update)
+    seconds = (seconds_to_reach(log.valid, target, clock)
+               if target is not None and not partial else None)
     return Row(
         system=run.name,
         seed=run.seed,
@@ -414,10 +458,19 @@ def mean_zero_shot(runs: List[Run]) -> Dict[str, TaskScore]:
     return scores
 
 
-def summarize(runs: Dict[str, List[Run]], reference: Optional[str] = None) -> Report:
+def summarize(runs: Dict[str, List[Run]], reference: Optional[str] = None,
+              throughput: Optional[Throughput] = None) -> Report:
     reference = choose_reference(runs, reference)
     target = reference_target(runs, reference)
-    seed_rows = {name: [seed_row(run, target) for run in seeds] for name, seeds in runs.items()}
+    rates: Dict[str, Optional[float]] = {name: None for name in runs}
+    if throughput is not None:
+        missing = [name for name in runs if name not in throughput.tokens_per_second]
+        if missing:
+            raise ReportError(f"{throughput.path}: no tokens/s for {', '.join(missing)}; measure "
+                              f"every run label with benchmarks/train_throughput.py --systems")
+        rates = {name: throughput.tokens_per_second[name] for name in runs}
+    seed_rows = {name: [seed_row(run, target, rates[name]) for run in seeds]
+                 for name, seeds in runs.items()}
     times = [row.seconds_to_reference for row in seed_rows.get(reference, [])
              if not row.diverged]
     if times and all(seconds is not None for seconds in times):
@@ -431,7 +484,7 @@ def summarize(runs: Dict[str, List[Run]], reference: Optional[str] = None) -> Re
     rows = rank(rows, on_trailing)
     zero_shot = {row.system: mean_zero_shot([run for run in runs[row.system]
                                              if not diverged(run)]) for row in rows}
-    return Report(rows, reference, target, on_trailing, zero_shot)
+    return Report(rows, reference, target, on_trailing, zero_shot, throughput)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -557,10 +610,12 @@ def regime_check(report: Report) -> Optional[regime.RegimeCheck]:
     scored = [row for row in report.rows if row.trailing_ppl is not None]
     # The speed claim is about the dense Transformer's perplexity, the default reference.
     timed = report.reference == regime.DENSE_TRANSFORMER
+    clock = ("each at the tokens/s of its own runs" if report.throughput is None else
+             f"each at its tokens/s measured apart ({report.throughput.device})")
     return regime.check(
         {row.system: regime.SeedRange.of(row.trailing_ppl.values) for row in scored},
         {row.system: row.seconds_to_reference.mean if row.seconds_to_reference else None
-         for row in report.rows if timed})
+         for row in report.rows if timed}, clock)
 
 
 def regime_markdown(report: Report) -> List[str]:
@@ -591,12 +646,17 @@ def notes(report: Report) -> List[str]:
     ]
     if timed(report):
         highest = " (the highest of its seeds', which each of them reached)" if several else ""
+        when = ("the wall-clock at which" if report.throughput is None else
+                "the updates after which")
         text.append(
-            f"Time to ppl {report.reference_ppl:.2f}: the wall-clock at which a run reached "
+            f"Time to ppl {report.reference_ppl:.2f}: {when} a run reached "
             f"{report.reference}'s final validation perplexity{highest}, interpolated in "
             f"log-perplexity between the validations around it ({NEVER}: never; \"k of N "
-            f"seeds\": only k seeds did, and no mean is given); speed-up: {report.reference}'s "
-            f"mean time to that perplexity over the run's."
+            f"seeds\": only k seeds did, and no mean is given)"
+            + ("" if report.throughput is None else
+               f", times its tokens per update, over its tokens/s measured apart "
+               f"({report.throughput.path.name}: {report.throughput.device})")
+            + f"; speed-up: {report.reference}'s mean time to that perplexity over the run's."
         )
     elif report.reference:
         text.append(
@@ -662,6 +722,9 @@ def results_json(report: Report, runs_dir: Path, written: date,
         "zero_shot": {system: {task: asdict(score) for task, score in tasks.items()}
                       for system, tasks in report.zero_shot.items()},
         "regime": None if (check := regime_check(report)) is None else asdict(check),
+        "throughput": None if report.throughput is None else {
+            "file": str(report.throughput.path), "device": report.throughput.device,
+            "tokens_per_second": report.throughput.tokens_per_second},
         "routing_pictures": routing,
     })
 
@@ -764,6 +827,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f"(default: RUNS_DIR)",
     )
     parser.add_argument(
+        "--throughput", type=Path, default=None, metavar="FILE",
+        help="tokens/s of each run label measured apart (benchmarks/train_throughput.py "
+        "--json-out), which then times every run instead of its own wall-clock (default: "
+        f"RUNS_DIR/{THROUGHPUT_JSON} where there is one)",
+    )
+    parser.add_argument(
         "--reference", default=None, metavar="NAME",
         help=f"the run whose final validation perplexity the others are timed to reach (default: "
         f"{DEFAULT_REFERENCE}, when RUNS_DIR has it; without one the time column is left out)",
@@ -774,8 +843,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.exit(1, f"{parser.prog}: error: --out {out_dir} is a file; it must be a directory "
                        f"(made if missing)\n")
     written = date.today()
+    measured = args.throughput
+    if measured is None and (args.runs_dir / THROUGHPUT_JSON).is_file():
+        measured = args.runs_dir / THROUGHPUT_JSON
     try:
-        report = summarize(read_runs(args.runs_dir, skip=[out_dir]), args.reference)
+        throughput = None if measured is None else read_throughput(measured)
+        report = summarize(read_runs(args.runs_dir, skip=[out_dir]), args.reference, throughput)
     except ValueError as error:  # a ReportError, or a zero_shot/<task>.json it cannot read
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ scale.
 """
 
 import argparse
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -150,6 +151,22 @@ SYSTEMS: Tuple[System, ...] = (
 )
 
 REFERENCE = {"cpu": "smlp_deterministic", "gpu": "smlp_deterministic", "paper": "transformer"}
+
+
+# A run label: a system, or a system with its expert count (`switch_e8`).
+EXPERT_LABEL = re.compile(r"^(?P<system>.+)_e(?P<count>[1-9][0-9]*)$")
+
+
+def label_parts(label: str) -> Tuple[str, Optional[int]]:
+    """(system, expert count or None) of a run label such as 'switch_e8'."""
+    match = EXPERT_LABEL.match(label)
+    return (match["system"], int(match["count"])) if match else (label, None)
+
+
+def label_flags(label: str, scale: str) -> List[str]:
+    """System.flags of a run label, its expert count included."""
+    name, experts = label_parts(label)
+    return system(name).flags(scale, experts)
 
 
 def system(name: str) -> System:

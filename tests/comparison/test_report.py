@@ -315,6 +315,30 @@ def test_missing_or_empty_runs_dir_is_named(tmp_path, capsys):
     assert f"RUNS_DIR {tmp_path} holds no run directories" in report_error(capsys, tmp_path)
 
 
+def test_measured_throughput_times_the_runs_instead_of_their_wall_clock(runs_dir, capsys):
+    """transformer, the reference, reaches its final 50.0 at update 600 after 300 updates of
+    2000 tokens and 300 of 2048 (2024 an update); smlp_deterministic reaches 50.0 between
+    update 150 (70.0) and 250 (49.5), 2048 tokens an update. At 1000 and 4096 tokens/s measured
+    apart: 600 x 2024 / 1000 s, and (150 + 100 ln(70 / 50) / ln(70 / 49.5)) x 2048 / 4096 s."""
+    rates = {"transformer": 1000, "smlp_deterministic": 4096, "smlp_partial": 3000}
+    (runs_dir / "throughput.json").write_text(json.dumps(
+        {"device": "CPU, 2 threads", "tokens_per_second": rates}))
+    main([str(runs_dir)])  # found in RUNS_DIR by its name
+    saved = json.loads((runs_dir / "results.json").read_text())
+    dense = saved["systems"]["transformer"]["seconds_to_reference"]["mean"]
+    sparse = saved["systems"]["smlp_deterministic"]["seconds_to_reference"]["mean"]
+    assert dense == pytest.approx(600 * 2024 / 1000)
+    updates = 150 + 100 * math.log(70 / 50) / math.log(70 / 49.5)
+    assert sparse == pytest.approx(updates * 2048 / 4096)
+    assert saved["throughput"]["tokens_per_second"] == rates
+    assert "over its tokens/s measured apart (throughput.json: CPU, 2 threads)" in \
+        (runs_dir / "results.md").read_text()
+    del rates["smlp_partial"]
+    (runs_dir / "throughput.json").write_text(json.dumps({"tokens_per_second": rates}))
+    assert "no tokens/s for smlp_partial; measure every run label" in report_error(capsys,
+                                                                                   runs_dir)
+
+
 def test_out_that_is_a_file_is_refused_and_left_as_it_was(runs_dir, tmp_path, capsys):
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")

@@ -12,7 +12,8 @@ import pytest
 from helpers import build_model
 
 from fairseq_smlp.comparison.flops import model_costs, parse_training_args
-from fairseq_smlp.comparison.systems import REFERENCE, SCALES, SYSTEMS, system
+from fairseq_smlp.comparison.systems import (REFERENCE, SCALES, SYSTEMS, label_flags,
+                                             label_parts, system)
 
 REPO = Path(__file__).resolve().parents[2]
 # Vocabulary sizes of the corpora each scale is meant for: the bundled corpus's sentencepiece
@@ -103,3 +104,10 @@ def test_paper_script_refuses_a_gpu_count_that_does_not_split_the_batch(tmp_path
     result = run_paper_script(tmp_path, "switch", gpus="12")
     assert result.returncode == 2
     assert "GPUS must divide 64" in result.stderr and "got '12'" in result.stderr
+
+
+def test_a_run_label_names_its_system_and_expert_count():
+    assert label_parts("switch_e8") == ("switch", 8)
+    assert label_parts("smlp_deterministic") == ("smlp_deterministic", None)
+    assert label_flags("switch_e8", "cpu") == system("switch").flags("cpu", 8)
+    assert label_flags("gmlp", "cpu") == system("gmlp").flags("cpu")
