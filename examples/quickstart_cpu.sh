@@ -9,6 +9,11 @@
 # comparable with published WikiText or paper numbers. The terminal shows fairseq-train's progress
 # lines; its whole output is in SAVE_DIR/train.log.
 set -euo pipefail
+if [ $# -gt 0 ]; then
+  echo "quickstart_cpu.sh takes no arguments (got: $*); it reads ARCH, CRITERION, DATA," \
+    "SAVE_DIR and MAX_UPDATE from the environment, e.g. MAX_UPDATE=200 bash $0" >&2
+  exit 2
+fi
 # fairscale warns of torch.cuda.amp's deprecation when fairseq imports it, before the plugin can
 # filter it (fairseq_smlp/trainer/quiet_log.py filters the rest): nothing a user can act on.
 export PYTHONWARNINGS=ignore::FutureWarning:fairscale.experimental.nn.offload
