@@ -106,9 +106,15 @@ def read_system(path: Path) -> dict:
         value = system[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ReportError(f"{path}: {key} must be a number; got {value!r}")
-        if not 0 < value < math.inf:
+        if not positive_number(value):
             raise ReportError(f"{path}: {key} must be a finite number > 0; got {value!r}; {how}")
     return system
+
+
+def positive_number(value) -> bool:
+    """A JSON number (not a bool), finite and > 0."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 < value < math.inf)
 
 
 @dataclass(frozen=True)
@@ -129,9 +135,7 @@ def read_throughput(path: Path) -> Throughput:
         raise ReportError(f"{path}: no such file; {how}")
     figures = read_json_object(path, how)
     rates = figures.get("tokens_per_second")
-    if not isinstance(rates, dict) or not all(
-            isinstance(rate, (int, float)) and not isinstance(rate, bool)
-            and 0 < rate < math.inf for rate in rates.values()):
+    if not isinstance(rates, dict) or not all(map(positive_number, rates.values())):
         raise ReportError(f"{path}: tokens_per_second must map run labels to rates > 0; {how}")
     return Throughput(rates, str(figures.get("device", "unknown device")), path)
 

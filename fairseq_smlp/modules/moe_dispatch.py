@@ -4,13 +4,13 @@ routed, with their balance figure, computed on the device (no bincount, whose ou
 depends on the data).
 
 A gate decides, for each of S tokens and each of its k choices, an expert and a combine weight;
-E (the number of experts) marks a choice the gate withdrew (padding, top-2 'random'). ``assign_rows``
-gives every choice a row of a buffer, dropping the choices past an expert's capacity in arrival
-order (token 0's first choice, ..., then every token's second choice, so a first choice always
-takes priority over a second one); ``dispatch`` copies the tokens into their rows and ``combine``
-adds each row's expert output, times its combine weight, to its token. A dropped choice adds
-nothing, so with a residual around the layer the token passes through unchanged. Two buffer
-layouts:
+E (the number of experts) marks a choice the gate withdrew (padding, top-2 'random').
+``assign_rows`` gives every choice a row of a buffer, dropping the choices past an expert's
+capacity in arrival order (token 0's first choice, ..., then every token's second choice, so a
+first choice always takes priority over a second one); ``dispatch`` copies the tokens into their
+rows and ``combine`` adds each row's expert output, times its combine weight, to its token. A
+dropped choice adds nothing, so with a residual around the layer the token passes through
+unchanged. Two buffer layouts:
 
 - padded: (E, C, D), C rows per expert whether used or not, the shape batched matrix products
   and the all-to-all exchange want; C must be known (the gate's, or the largest load). An empty

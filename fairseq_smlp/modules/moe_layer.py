@@ -23,9 +23,10 @@ from .routing_figures import Balance, Dropped, Record
 class MoELayer(nn.Module):
     """Maps (..., D) to (..., D), tokens served in the order of the rows: sequence by sequence
     for (B, T, D). After each forward, ``balance_terms`` holds what the gate's auxiliary loss
-    needs (None for gates without one; ``gate_loss`` computes it), ``last_assignment`` the (S, k) expert choices (E: withdrawn) and
-    ``stats`` what the figures for fairseq's logs need (routing_figures.py): load_cv (balance of
-    the tokens kept), dropped (the fraction of choices over capacity) and the gate's own.
+    needs (None for gates without one; ``gate_loss`` computes it), ``last_assignment`` the
+    (S, k) expert choices (E: withdrawn) and ``stats`` what the figures for fairseq's logs need
+    (routing_figures.py): load_cv (balance of the tokens kept), dropped (the fraction of choices
+    over capacity) and the gate's own.
 
     ``experts`` is built with all E experts; under a parallel ``placement`` this rank keeps its
     share of them (in an FSDP instance of their own under --ddp-backend fully_sharded), every
@@ -96,7 +97,8 @@ class MoELayer(nn.Module):
             withdrawn = decision.expert_index == self.num_experts  # weight 0
             output = self.run_choices(tokens, decision.expert_index,
                                       combine_weight(decision, withdrawn))
-            load, first_load = self.choice_load(decision.expert_index)
+            load = self.choice_load(decision.expert_index)
+            first_load = self.choice_load(decision.expert_index[:, :1])
             limit = None
         else:
             rows = self.buffer_rows(tokens, decision)
@@ -129,13 +131,10 @@ class MoELayer(nn.Module):
             return self.last_load
         return self.last_load.clamp_max(self.last_limit)
 
-    def choice_load(self, expert_index: torch.Tensor):
-        """(E,) the choices each expert received, withdrawn ones (E) left out, and (E,) the
-        first choices."""
+    def choice_load(self, expert_index: torch.Tensor) -> torch.Tensor:
+        """(E,) the choices each expert received, withdrawn ones (E) left out."""
         withdrawn = expert_index == self.num_experts
-        expert = expert_index.masked_fill(withdrawn, 0)
-        load = expert_load(expert, self.num_experts, withdrawn)
-        return load, expert_load(expert[:, 0], self.num_experts, withdrawn[:, 0])
+        return expert_load(expert_index.masked_fill(withdrawn, 0), self.num_experts, withdrawn)
 
     def runs_choices_directly(self, decision: GateDecision) -> bool:
         """Whether to skip the buffers and run each choice through its expert's gathered
@@ -169,7 +168,7 @@ class MoELayer(nn.Module):
                           "packed groups, which is faster")
         capacity = decision.capacity
         if capacity is None:  # the largest load: read back to size the padded buffer
-            capacity = max(1, int(self.choice_load(decision.expert_index)[0].max()))
+            capacity = max(1, int(self.choice_load(decision.expert_index).max()))
         capacity, = group_max([capacity], self.placement, tokens.device)
         return assign_rows(decision.expert_index, self.num_experts, capacity)
 
