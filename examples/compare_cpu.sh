@@ -215,10 +215,11 @@ score_trailing() {
 }
 
 # Where the tokens go: the routing picture of seed 1's last checkpoint of each sparse system
-# (routing.png beside its logs), which the report links; a dense system has none to draw.
+# (routing.png beside its logs), which the report links; a dense system has none to draw, nor
+# has a run whose checkpoints are gone (a clone of committed results: git keeps no checkpoints).
 draw_routing() {
   local run=$1 checkpoint=$2
-  [ "${run##*/}" = seed1 ] || return 0
+  [ "${run##*/}" = seed1 ] && [ -f "$checkpoint" ] || return 0
   if python -m fairseq_smlp.routing_map "$checkpoint" "$data/bin" --out "$run/routing.png" \
       > "$run/routing.log" 2>&1; then
     return 0

@@ -173,7 +173,8 @@ def test_a_run_cut_off_resumes_and_ends_as_an_uncut_run(data_dir, tmp_path):
     --max-update 10 stands in for the cut, and the recipe.txt it wrote, which a real cut would
     have written without it, is removed), then given the same command, resumes from its
     checkpoint and ends with the uncut run's validation loss and trailing perplexity. Done runs
-    are not redone, and a run is not resumed with other flags."""
+    are not redone (nor redrawn once their checkpoints are gone), and a run is not resumed with
+    other flags."""
     flags = ("--updates", "20", "--seeds", "1", "--data", str(data_dir.parent), "--systems",
              "smlp_deterministic")
     small = ("--batch-size", "4", "--max-valid-steps", "2", "--log-interval", "5",
@@ -196,6 +197,18 @@ def test_a_run_cut_off_resumes_and_ends_as_an_uncut_run(data_dir, tmp_path):
     assert finals[0] == finals[1]
     result = compare(*flags, "--out", str(tmp_path / "cut"), "--", *small)
     assert "smlp_deterministic, seed 1: done earlier" in result.stdout
+    # A clone of committed results has no checkpoints: a done run without its routing picture
+    # is left as it is, with no warning and its routing.log untouched.
+    run = tmp_path / "cut" / "smlp_deterministic" / "seed1"
+    routing_log = (run / "routing.log").read_text()
+    for stale in (run / "routing.png", run / "checkpoints" / "checkpoint_last.pt"):
+        stale.unlink()
+    result = compare(*flags, "--out", str(tmp_path / "cut"), "--", *small)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "smlp_deterministic, seed 1: done earlier" in result.stdout
+    assert "no routing picture" not in result.stderr
+    assert not (run / "routing.png").exists()
+    assert (run / "routing.log").read_text() == routing_log
     result = compare(*flags, "--out", str(tmp_path / "cut"), "--", *small, "--lr", "1e-3")
     assert result.returncode == 1
     assert "seed1 was started with other flags (its recipe.txt)" in result.stderr
