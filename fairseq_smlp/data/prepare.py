@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,12 @@ MAX_VOCAB_SIZE = 2**31 - 1
 
 def load_splits(text_dir: Optional[Path], max_documents: int) -> Dict[str, List[Document]]:
     if text_dir is not None and has_ready_made_splits(text_dir):
+        if max_documents > 0:
+            raise ValueError(
+                f"--max-documents {max_documents} keeps the first documents of a corpus split "
+                f"by document, but --text-dir {text_dir} holds ready-made splits "
+                f"({', '.join(SPLIT_FILES)}), which are taken whole: drop --max-documents, or "
+                f"shorten those files")
         splits = {Path(name).stem: [(Path(name).stem, read_text(text_dir / name))]
                   for name in SPLIT_FILES}
     else:
@@ -197,8 +204,14 @@ def listed_files(dest: Path) -> Set[str]:
     manifest = dest / MANIFEST
     if not manifest.is_file():
         return set()
-    return {line for line in manifest.read_text(encoding="utf-8").splitlines()
-            if line and not line.startswith("#")}
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"--dest {dest}: {manifest} is not the list an earlier run wrote (byte "
+            f"{error.object[error.start]:#04x} at offset {error.start} is not UTF-8); give a new "
+            f"or empty --dest, or move {manifest} out of it") from None
+    return {line for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def own_files(dest: Path) -> Set[str]:
@@ -294,6 +307,8 @@ def main(argv=None) -> None:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO)
     args = parse_args(argv)
+    # Terminated, a run unwinds as a failed one does, taking its scratch directory with it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         prepare(args)
     except (ValueError, OSError) as error:

@@ -5,8 +5,10 @@ a run replaces no file but those an earlier run wrote."""
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -209,3 +211,37 @@ def test_an_option_without_its_value_is_named_by_the_script(argv):
     assert result.returncode == 2
     assert result.stderr.startswith(f"prepare_data.sh: {argv[0]} needs a value (usage: see the "
                                     f"top of examples/prepare_data.sh)")
+
+
+def test_max_documents_with_ready_made_splits_is_refused(tmp_path):
+    """Ready-made splits are taken whole: --max-documents was silently ignored there."""
+    text = corpus(tmp_path / "text")
+    assert refusal("--dest", tmp_path / "dest", "--text-dir", text, "--max-documents", 2) == (
+        f"prepare_data: --max-documents 2 keeps the first documents of a corpus split by "
+        f"document, but --text-dir {text} holds ready-made splits (train.txt, valid.txt, "
+        f"test.txt), which are taken whole: drop --max-documents, or shorten those files")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]
+
+
+def test_a_manifest_that_is_not_utf8_is_named(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / MANIFEST).write_bytes(b"bin/dict.txt\n\xff\xfe\n")
+    message = refusal("--dest", dest, "--text-dir", corpus(tmp_path / "text"))
+    assert message == (
+        f"prepare_data: --dest {dest}: {dest / MANIFEST} is not the list an earlier run wrote "
+        f"(byte 0xff at offset 13 is not UTF-8); give a new or empty --dest, or move "
+        f"{dest / MANIFEST} out of it")
+
+
+def test_a_terminated_run_leaves_no_scratch_directory(tmp_path):
+    """SIGTERM while the bundled corpus is being prepared (sentencepiece trains for seconds)."""
+    run = subprocess.Popen([sys.executable, "-m", "fairseq_smlp.data.prepare", "--dest",
+                            str(tmp_path / "dest")], cwd=REPO, env=ENV,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not scratch_left(tmp_path):
+        assert run.poll() is None, "the run ended before it made its scratch directory"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 128 + signal.SIGTERM
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
