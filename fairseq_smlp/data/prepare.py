@@ -61,6 +61,11 @@ def load_splits(text_dir: Optional[Path], max_documents: int) -> Dict[str, List[
                 f"by document, but --text-dir {text_dir} holds ready-made splits "
                 f"({', '.join(SPLIT_FILES)}), which are taken whole: drop --max-documents, or "
                 f"shorten those files")
+        unused = sorted(path.name for path in text_dir.glob("*.txt")
+                        if path.name not in SPLIT_FILES)
+        if unused:
+            logger.warning("--text-dir %s holds ready-made splits; its other *.txt files are "
+                           "not used: %s", text_dir, ", ".join(unused))
         splits = {Path(name).stem: [(Path(name).stem, read_text(text_dir / name))]
                   for name in SPLIT_FILES}
     else:

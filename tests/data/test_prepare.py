@@ -245,3 +245,13 @@ def test_a_terminated_run_leaves_no_scratch_directory(tmp_path):
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=120) == 128 + signal.SIGTERM
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_other_text_files_beside_ready_made_splits_are_named(tmp_path):
+    text = corpus(tmp_path / "text")
+    (text / "extra.txt").write_text(GOOD)
+    result = prepare(tmp_path / "dest", text, "--vocab-size", "23")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (f"--text-dir {text} holds ready-made splits; its other *.txt files are not used: "
+            f"extra.txt") in result.stderr
+    assert (tmp_path / "dest" / "raw" / "train.txt").read_text() == GOOD + "\n"
