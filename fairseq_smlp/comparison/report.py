@@ -340,11 +340,13 @@ def diverged(run: Run) -> bool:
 def reference_target(runs: Dict[str, List[Run]], reference: Optional[str]) -> Optional[float]:
     """The perplexity every system is timed to reach: the highest final validation perplexity
     of the reference's seeds that did not diverge, which each of them reached; None when every
-    one diverged."""
+    one diverged. Where some of those seeds finished training (fairseq's closing line), only
+    theirs count: the last validation of a run still going, or cut off, is no final one."""
     if reference is None:
         return None
-    return max((run.log.valid[-1].ppl for run in runs[reference] if not diverged(run)),
-               default=None)
+    finite = [run for run in runs[reference] if not diverged(run)]
+    finished = [run for run in finite if run.log.complete] or finite
+    return max((run.log.valid[-1].ppl for run in finished), default=None)
 
 
 def updates_clock(point: ValidPoint, seconds_per_update: float) -> float:

@@ -633,6 +633,19 @@ def test_seeds_that_did_not_all_reach_the_target_are_counted_not_averaged(tmp_pa
     assert row["time to ppl 52.00 (transformer)"] == "1 of 2 seeds" and row["speed-up"] == "—"
 
 
+def test_a_reference_seed_still_training_does_not_set_the_target(tmp_path):
+    """Transformer's seed 2 has validated at 70 and not finished: the target is seed 1's final
+    50, which seed 2 has not reached yet."""
+    runs = tmp_path / "runs"
+    write_seed(runs, "transformer", 1, LOGS["transformer"])
+    write_seed(runs, "transformer", 2, LOGS["transformer"][:3] + [valid(1, 250, 70.0)])
+    write_seed(runs, "smlp_deterministic", 1, LOGS["smlp_deterministic"])
+    main([str(runs)])
+    rows = {row["system"]: row for row in table((runs / "results.md").read_text())}
+    assert rows["transformer†"]["time to ppl 50.00 (transformer)"] == "1 of 2 seeds"
+    assert rows["smlp_deterministic"]["time to ppl 50.00 (transformer)"] != "—"
+
+
 def test_the_plots_band_spans_the_seeds_around_their_geometric_mean(seeds_dir):
     """Transformer's seeds both validate at 20 s (80 and 70) and 30 s (60 and 52); seed 2 ends
     there, so the band spans 20 to 30 s."""
