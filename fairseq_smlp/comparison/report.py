@@ -53,6 +53,7 @@ from .zero_shot_table import (  # noqa: E402
 
 TRAIN_LOG, SYSTEM_JSON, TRAILING_LOG = "train.log", "system.json", "valid_trailing.log"
 THROUGHPUT_JSON = "throughput.json"
+MEASURED_APART = "tokens/s measured apart"
 SEED_DIR = re.compile(r"seed(\d+)")
 RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
 PLOT_VS_TIME, PLOT_VS_UPDATES = "valid_ppl_vs_time.png", "valid_ppl_vs_updates.png"
@@ -564,6 +565,8 @@ def markdown(report: Report, written: date, routing: Dict[str, str]) -> str:
         "updates", "tokens/s", "params (total)", "params (active)", f"train {unit}/token",
         "wall-clock",
     ]
+    if report.throughput is not None:
+        header.insert(header.index("tokens/s") + 1, MEASURED_APART)
     if timed(report):
         header += [f"time to ppl {report.reference_ppl:.2f} ({report.reference})", "speed-up"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -580,6 +583,9 @@ def markdown(report: Report, written: date, routing: Dict[str, str]) -> str:
             f"{row.train_flops_per_token / scale:.2f}",
             spread_cell(row.train_seconds, human_duration),
         ]
+        if report.throughput is not None:
+            cells.insert(header.index(MEASURED_APART),
+                         f"{report.throughput.tokens_per_second[row.system]:,.0f}")
         if timed(report):
             if row.seconds_to_reference is None and 0 < row.reached:
                 cells += [f"{row.reached} of {row.finite_seeds} seeds", NEVER]
@@ -647,7 +653,12 @@ def notes(report: Report) -> List[str]:
         f"column on which every system, a partial-prediction one included, is scored alike. "
         f"tokens/s: every token a training step processed, per second of wall-clock; "
         f"wall-clock: fairseq's `wall`, from start-up to the last log line, validation and "
-        f"checkpoints included. Parameters and training FLOPs per token: each run's "
+        f"checkpoints included"
+        + ("" if report.throughput is None else
+           f" (each run's own, whatever else the machine ran; {MEASURED_APART}: "
+           f"{report.throughput.path.name}'s figure for the run label, which the time to the "
+           f"target uses)")
+        + f". Parameters and training FLOPs per token: each run's "
         f"system.json (`python -m fairseq_smlp.comparison.flops`).",
     ]
     if timed(report):

@@ -331,8 +331,11 @@ def test_measured_throughput_times_the_runs_instead_of_their_wall_clock(runs_dir
     updates = 150 + 100 * math.log(70 / 50) / math.log(70 / 49.5)
     assert sparse == pytest.approx(updates * 2048 / 4096)
     assert saved["throughput"]["tokens_per_second"] == rates
-    assert "over its tokens/s measured apart (throughput.json: CPU, 2 threads)" in \
-        (runs_dir / "results.md").read_text()
+    markdown = (runs_dir / "results.md").read_text()
+    assert "over its tokens/s measured apart (throughput.json: CPU, 2 threads)" in markdown
+    rows = {row["system"]: row for row in table(markdown)}
+    assert rows["smlp_deterministic"]["tokens/s measured apart"] == "4,096"
+    assert rows["transformer"]["tokens/s measured apart"] == "1,000"
     del rates["smlp_partial"]
     (runs_dir / "throughput.json").write_text(json.dumps({"tokens_per_second": rates}))
     assert "no tokens/s for smlp_partial; measure every run label" in report_error(capsys,
