@@ -137,8 +137,12 @@ def test_a_rerun_replaces_its_own_earlier_output(data_dir, tmp_path):
     dest = tmp_path / "dest"
     shutil.copytree(data_dir.parent, dest)  # an earlier run's output: 12 speeches, 300 pieces
     assert listed(dest) == OUTPUTS
-    result = prepare(dest, corpus(tmp_path / "text"), "--vocab-size", "23")
+    text = corpus(tmp_path / "text")
+    (text / "extra.txt").write_text(GOOD)  # beside ready-made splits: named, left out
+    result = prepare(dest, text, "--vocab-size", "23")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert (f"--text-dir {text} holds ready-made splits; its other *.txt files are not used: "
+            f"extra.txt") in result.stderr
     assert sorted(fingerprint(dest)) == sorted(OUTPUTS + [MANIFEST])
     assert listed(dest) == OUTPUTS
     assert (dest / "raw" / "train.txt").read_text() == GOOD + "\n"  # a document, then a blank
@@ -245,13 +249,3 @@ def test_a_terminated_run_leaves_no_scratch_directory(tmp_path):
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=120) == 128 + signal.SIGTERM
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-
-
-def test_other_text_files_beside_ready_made_splits_are_named(tmp_path):
-    text = corpus(tmp_path / "text")
-    (text / "extra.txt").write_text(GOOD)
-    result = prepare(tmp_path / "dest", text, "--vocab-size", "23")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (f"--text-dir {text} holds ready-made splits; its other *.txt files are not used: "
-            f"extra.txt") in result.stderr
-    assert (tmp_path / "dest" / "raw" / "train.txt").read_text() == GOOD + "\n"
