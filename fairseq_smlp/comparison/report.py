@@ -560,13 +560,12 @@ def timed(report: Report) -> bool:
 def markdown(report: Report, written: date, routing: Dict[str, str]) -> str:
     rows = report.rows
     scale, unit = flops_unit([row.train_flops_per_token for row in rows])
+    measured = report.throughput is not None
     header = [
         "system", "arch", "seeds", "valid ppl (final)", "valid ppl (trailing)",
-        "updates", "tokens/s", "params (total)", "params (active)", f"train {unit}/token",
-        "wall-clock",
+        "updates", "tokens/s", *([MEASURED_APART] if measured else []), "params (total)",
+        "params (active)", f"train {unit}/token", "wall-clock",
     ]
-    if report.throughput is not None:
-        header.insert(header.index("tokens/s") + 1, MEASURED_APART)
     if timed(report):
         header += [f"time to ppl {report.reference_ppl:.2f} ({report.reference})", "speed-up"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -579,13 +578,11 @@ def markdown(report: Report, written: date, routing: Dict[str, str]) -> str:
             ppl_cell(row, row.final_valid_ppl), ppl_cell(row, row.trailing_ppl),
             spread_cell(row.num_updates, lambda n: f"{n:,.0f}"),
             spread_cell(row.tokens_per_second, lambda n: f"{n:,.0f}"),
+            *([f"{report.throughput.tokens_per_second[row.system]:,.0f}"] if measured else []),
             human_count(row.total_params), human_count(row.active_params),
             f"{row.train_flops_per_token / scale:.2f}",
             spread_cell(row.train_seconds, human_duration),
         ]
-        if report.throughput is not None:
-            cells.insert(header.index(MEASURED_APART),
-                         f"{report.throughput.tokens_per_second[row.system]:,.0f}")
         if timed(report):
             if row.seconds_to_reference is None and 0 < row.reached:
                 cells += [f"{row.reached} of {row.finite_seeds} seeds", NEVER]
